@@ -1,0 +1,38 @@
+"""The `phasegate` command line. Each area registers its own subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from phasegate.errors import PhasegateError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser with every registered subcommand."""
+    from phasegate import lab_cli, plan_cli, smoke_cli
+
+    parser = argparse.ArgumentParser(prog="phasegate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in (plan_cli, lab_cli, smoke_cli):
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse, dispatch to the chosen handler, turn our errors into exit 1."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except PhasegateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
