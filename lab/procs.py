@@ -62,24 +62,31 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
+def _signal(pid: int, sig: int) -> None:
+    """Signal `pid`; when it leads its own process group (spawn() makes it so), the whole
+    group, so that helpers it forked (uvicorn workers, sshd sessions) go with it."""
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout: float = 10.0) -> bool:
-    """Send `sig` to `pid`, wait up to `timeout` s, then SIGKILL. True if it is gone."""
+    """Send `sig` to `pid` (and its group, if it leads one), wait up to `timeout` s, then
+    SIGKILL. True if it is gone."""
     if not pid_alive(pid):
         return True
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        return True
+    _signal(pid, sig)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         _reap(pid)
         if not pid_alive(pid):
             return True
         time.sleep(0.05)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return True
+    _signal(pid, signal.SIGKILL)
     for _ in range(100):
         _reap(pid)
         if not pid_alive(pid):

@@ -1,0 +1,457 @@
+"""`phasegate lab up | status | down`: the lab's parts as child processes, tracked by PID.
+
+`up` starts every part on free 127.0.0.1 ports (reusing the previous ports when free), waits
+until each one really answers, and records everything in `<lab>/lab.json` as it goes, so that
+`down` can stop exactly what was started, also after a failed `up`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from lab import control, services
+from lab.layout import LabLayout
+from lab.monitoring import write_alertmanager_config, write_prometheus_config
+from lab.procs import free_port, pid_alive, spawn, stop_pid, wait_for, wait_port
+from phasegate.errors import LabError
+
+__all__ = ["UpOptions", "down", "load_state", "status", "up"]
+
+GCP_PROJECT, GCP_REGION, GCP_ZONE, GCP_SERVICE = (
+    "dreamseed-prod", "asia-northeast3", "asia-northeast3-a", "dreamseed-api")
+VLLM_CONTAINER = "vllm-server"
+# Stop order: load first, then consumers, then the stores they write to.
+_STOP_ORDER = ["traffic", "api", "infra_exporter", "gpu_exporter", "prometheus",
+               "alertmanager", "gcp", "receiver", "prefect", "redis", "postgres"]
+
+
+@dataclass
+class UpOptions:
+    """What `lab up` builds. `gpus` is the initial GPU count per host."""
+
+    prefect: bool = True
+    gpus: dict[str, int] = field(default_factory=lambda: {"gpu-1": 1, "gpu-2": 0})
+    traffic_rate: float = 2.0
+    history_days: int = 90
+    vllm_load_seconds: float = 3.0
+
+
+def load_state(layout: LabLayout) -> dict[str, Any] | None:
+    """The recorded lab.json, or None when this directory never held a lab."""
+    try:
+        data = json.loads(layout.state_file.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        raise LabError(f"{layout.state_file} is not valid JSON: {exc}") from exc
+    return data if isinstance(data, dict) else None
+
+
+class _State:
+    """lab.json under a lock; every change is written at once (a crash loses nothing)."""
+
+    def __init__(self, layout: LabLayout, data: dict[str, Any]) -> None:
+        self.layout, self.data, self._lock = layout, data, threading.Lock()
+
+    def update(self, **parts: Any) -> None:
+        with self._lock:
+            self.data.update(parts)
+            control.write_json_atomic(self.layout.state_file, self.data)
+
+    def add_pid(self, component: str, pid: int) -> None:
+        with self._lock:
+            self.data.setdefault("processes", {})[component] = pid
+            control.write_json_atomic(self.layout.state_file, self.data)
+
+
+def _alive(state: dict[str, Any]) -> dict[str, int]:
+    return {c: p for c, p in state.get("processes", {}).items() if pid_alive(int(p))}
+
+
+def _ports(old: dict[str, Any] | None, names: list[str]) -> dict[str, int]:
+    """A port per name: the previous lab's port when it is still free, else a new one."""
+    previous = (old or {}).get("ports", {})
+    ports: dict[str, int] = {}
+    for name in names:
+        port = int(previous.get(name, 0))
+        ports[name] = port if port and _port_free(port) and port not in ports.values() else 0
+        while not ports[name] or list(ports.values()).count(ports[name]) > 1:
+            ports[name] = free_port()
+    return ports
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def up(layout: LabLayout, opts: UpOptions | None = None) -> dict[str, Any]:
+    """Start the whole lab in `layout.root`; return the status document. Raises LabError."""
+    opts = opts or UpOptions()
+    layout.ensure()
+    old = load_state(layout)
+    if old and _alive(old):
+        raise LabError(f"a lab is already running in {layout.root} "
+                       f"(pids {sorted(_alive(old).values())}); run `phasegate lab down` first")
+    hosts = sorted(opts.gpus)
+    names = ["postgres", "redis", "prometheus", "alertmanager", "prefect", "api", "gpu_exporter",
+             "infra_exporter", "gcp", "receiver"]
+    names += [f"ssh:{h}" for h in hosts] + [f"vllm:{h}" for h in hosts]
+    state = _State(layout, _skeleton(layout, _ports(old, names), hosts, opts, old))
+    started = time.monotonic()
+    try:
+        _start_all(layout, state, opts)
+    except Exception as exc:
+        _stop_all(layout, state.data)
+        raise LabError(f"lab up failed: {exc} (logs: {layout.logs_dir})") from exc
+    state.update(ready_seconds=round(time.monotonic() - started, 2),
+                 started_at=datetime.now(UTC).isoformat(timespec="seconds"))
+    return status(layout)
+
+
+def _skeleton(layout: LabLayout, ports: dict[str, int], hosts: list[str], opts: UpOptions,
+              old: dict[str, Any] | None) -> dict[str, Any]:
+    """The status document before anything starts (URLs are known from the ports)."""
+    base = "postgresql://postgres@127.0.0.1:{}/{}"
+    pg = ports["postgres"]
+    anchor = (old or {}).get("world_anchor") or datetime.now(UTC).isoformat(timespec="seconds")
+    return {
+        "dir": str(layout.root), "ports": ports, "world_anchor": anchor, "processes": {},
+        "postgres": {"dsn": base.format(pg, "postgres"), "app_dsn": base.format(pg, "dreamseed"),
+                     "state_dsn": base.format(pg, "phasegate"), "host": "127.0.0.1", "port": pg,
+                     "user": "postgres"},
+        "redis": {"url": f"redis://127.0.0.1:{ports['redis']}/0"},
+        "prometheus": {"url": f"http://127.0.0.1:{ports['prometheus']}"},
+        "alertmanager": {"url": f"http://127.0.0.1:{ports['alertmanager']}"},
+        "api": {"url": f"http://127.0.0.1:{ports['api']}"},
+        "vllm": {"url": f"http://127.0.0.1:{ports['vllm:' + hosts[0]]}"},
+        "receiver": {"url": f"http://127.0.0.1:{ports['receiver']}"},
+        "gcp": {"endpoint": f"http://127.0.0.1:{ports['gcp']}", "project": GCP_PROJECT,
+                "region": GCP_REGION, "zone": GCP_ZONE,
+                "cloud_run_service": f"projects/{GCP_PROJECT}/locations/{GCP_REGION}"
+                                     f"/services/{GCP_SERVICE}"},
+        "gpu_hosts": [],
+        "traffic": {"rate": opts.traffic_rate},
+        **({"prefect": {"api_url": f"http://127.0.0.1:{ports['prefect']}/api"}}
+           if opts.prefect else {}),
+    }
+
+
+def _start_all(layout: LabLayout, state: _State, opts: UpOptions) -> None:
+    """Start the parts: independent ones in parallel, then those that need them."""
+    from lab.world import World
+
+    control.set_setting(layout, "vllm_load_seconds", opts.vllm_load_seconds)
+    control.set_traffic_rate(layout, opts.traffic_rate)
+    anchor = datetime.fromisoformat(state.data["world_anchor"])
+    world = World.build(anchor, days=opts.history_days)
+    first: list[Callable[[], None]] = [
+        lambda: _postgres(layout, state, world),
+        lambda: _redis(layout, state),
+        lambda: _prometheus(layout, state, world, opts),
+        lambda: _alertmanager_and_receiver(layout, state),
+        lambda: _gcp(layout, state),
+        lambda: _gpu_hosts(layout, state, opts),
+    ]
+    if opts.prefect:
+        first.append(lambda: state.add_pid(
+            "prefect", services.start_prefect(layout, state.data["ports"]["prefect"])))
+    _run_parallel(first)
+    _run_parallel([
+        lambda: _exporters(layout, state),
+        lambda: _vllm(layout, state),
+        lambda: _api_and_traffic(layout, state),
+    ])
+    waits = [lambda: _wait_scraped(state)]
+    if opts.prefect:
+        waits.append(lambda: _prefect_ready(layout, state))
+    _run_parallel(waits)
+
+
+def _run_parallel(steps: list[Callable[[], None]]) -> None:
+    """Run steps in threads; re-raise the first failure after all have finished."""
+    with ThreadPoolExecutor(max_workers=len(steps)) as pool:
+        futures = [pool.submit(step) for step in steps]
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        raise errors[0]  # type: ignore[misc]
+
+
+def _postgres(layout: LabLayout, state: _State, world: Any) -> None:
+    import psycopg
+
+    from lab.seed_app import create_app_schema, seed_app_db
+    from tasks.state_store import create_state_schema
+
+    pid, root, created = services.start_postgres(layout, state.data["ports"]["postgres"])
+    state.add_pid("postgres", pid)
+    pg = state.data["postgres"]
+    pg["data_dir"] = str(root)
+    with psycopg.connect(pg["dsn"], autocommit=True) as conn:
+        existing = {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
+        for db in ("dreamseed", "phasegate"):
+            if db not in existing:
+                conn.execute(f'CREATE DATABASE "{db}"')
+    with psycopg.connect(pg["app_dsn"]) as conn:
+        create_app_schema(conn)
+        if created or not conn.execute("SELECT count(*) FROM users").fetchone()[0]:  # type: ignore[index]
+            pg["seeded_rows"] = seed_app_db(conn, world)
+    with psycopg.connect(pg["state_dsn"]) as conn:
+        create_state_schema(conn)
+    state.update(postgres=pg)
+
+
+def _redis(layout: LabLayout, state: _State) -> None:
+    state.add_pid("redis", services.start_redis(layout, state.data["ports"]["redis"]))
+
+
+def _prometheus(layout: LabLayout, state: _State, world: Any, opts: UpOptions) -> None:
+    from lab.history import HistoryLabels, load_history, write_openmetrics
+
+    ports = state.data["ports"]
+    tsdb = layout.prometheus_dir / "data"
+    if not tsdb.exists() and opts.history_days > 0:
+        om = layout.prometheus_dir / "history.om"
+        end = datetime.fromisoformat(state.data["world_anchor"]) - timedelta(minutes=1)
+        labels = HistoryLabels.for_lab(ports, control.read_gpus(layout, "gpu-1")
+                                       if layout.gpus_file("gpu-1").exists() else [])
+        write_openmetrics(om, world, labels, end)
+        load_history(om, tsdb)
+        om.unlink()
+    config = layout.prometheus_dir / "prometheus.yml"
+    vllm_targets = {h: ports[f"vllm:{h}"] for h in _host_names(ports)}
+    write_prometheus_config(config, ports, vllm_targets, ports["alertmanager"])
+    state.add_pid("prometheus", services.start_prometheus(layout, ports["prometheus"], config))
+
+
+def _host_names(ports: dict[str, int]) -> list[str]:
+    return sorted(k.split(":", 1)[1] for k in ports if k.startswith("ssh:"))
+
+
+def _alertmanager_and_receiver(layout: LabLayout, state: _State) -> None:
+    ports = state.data["ports"]
+    _spawn_py(layout, state, "receiver", "lab.receiver", "--port", str(ports["receiver"]))
+    wait_port(ports["receiver"], 15)
+    config = layout.alertmanager_dir / "alertmanager.yml"
+    write_alertmanager_config(config, ports["receiver"])
+    state.add_pid("alertmanager",
+                  services.start_alertmanager(layout, ports["alertmanager"], config))
+
+
+def _gcp(layout: LabLayout, state: _State) -> None:
+    gcp = state.data["gcp"]
+    _spawn_py(layout, state, "gcp", "lab.gcp_emulator", "--port", str(state.data["ports"]["gcp"]),
+              "--project", gcp["project"], "--region", gcp["region"], "--zone", gcp["zone"],
+              "--service", GCP_SERVICE)
+    wait_port(state.data["ports"]["gcp"], 15)
+
+
+def _spawn_py(layout: LabLayout, state: _State, component: str, module: str,
+              *args: str) -> int:
+    """Start `python -m module --lab-dir <lab> args...` and record its PID."""
+    argv = [sys.executable, "-m", module, "--lab-dir", str(layout.root), *args]
+    pid = spawn(argv, layout.logs_dir / f"{component}.log", env=_child_env())
+    state.add_pid(component, pid)
+    return pid
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PREFECT_API_URL", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _gpu_hosts(layout: LabLayout, state: _State, opts: UpOptions) -> None:
+    """One sshd per GPU host: own port, own host key, own SetEnv (see lab.gpuhost.setup)."""
+    from lab.gpuhost.setup import make_client_keys, prepare_host
+
+    make_client_keys(layout)
+    hosts = []
+    for name in sorted(opts.gpus):
+        spec = prepare_host(layout, name, state.data["ports"][f"ssh:{name}"])
+        if not layout.gpus_file(name).exists() or not control.read_gpus(layout, name):
+            control.set_gpu_count(layout, name, opts.gpus[name])
+        pid = spawn(spec.sshd_argv, layout.logs_dir / f"sshd-{name}.log")
+        state.add_pid(f"ssh:{name}", pid)
+        vllm_port = state.data["ports"][f"vllm:{name}"]
+        hosts.append({"name": name, "host": spec.host, "port": spec.port, "user": spec.user,
+                      "key_path": str(spec.key_path), "known_hosts": str(spec.known_hosts),
+                      "gpus": len(control.read_gpus(layout, name)), "vllm_port": vllm_port,
+                      "vllm_url": f"http://127.0.0.1:{vllm_port}",
+                      "models_dir": str(spec.models_dir)})
+    for h in hosts:
+        wait_port(h["port"], 10)
+    state.update(gpu_hosts=hosts)
+
+
+def _exporters(layout: LabLayout, state: _State) -> None:
+    ports = state.data["ports"]
+    _spawn_py(layout, state, "gpu_exporter", "lab.gpu_exporter",
+              "--port", str(ports["gpu_exporter"]))
+    _spawn_py(layout, state, "infra_exporter", "lab.infra_exporter",
+              "--port", str(ports["infra_exporter"]), "--redis-url", state.data["redis"]["url"],
+              "--pg-dsn", state.data["postgres"]["app_dsn"])
+    wait_port(ports["gpu_exporter"], 15)
+    wait_port(ports["infra_exporter"], 15)
+
+
+def host_env(layout: LabLayout, host: str) -> dict[str, str]:
+    """The environment an SSH session on `host` gets (used to run its shims locally)."""
+    return {**_child_env(), "PHASEGATE_LAB": str(layout.root), "PHASEGATE_GPU_HOST": host,
+            "PATH": f"{layout.host_dir(host) / 'bin'}:/usr/local/bin:/usr/bin:/bin"}
+
+
+def _docker(layout: LabLayout, host: str, *args: str) -> subprocess.CompletedProcess[str]:
+    docker = str(layout.host_dir(host) / "bin" / "docker")
+    return subprocess.run([docker, *args], capture_output=True, text=True, timeout=60,
+                          env=host_env(layout, host), check=False)
+
+
+def _vllm(layout: LabLayout, state: _State) -> None:
+    """Start the recorded vLLM containers again, or the phase-1 one on the first host."""
+    hosts = state.data["gpu_hosts"]
+    recorded = [(h["name"], p.stem) for h in hosts
+                for p in sorted(layout.containers_dir(h["name"]).glob("*.json"))]
+    if recorded:
+        for host, name in recorded:
+            res = _docker(layout, host, "start", name)
+            if res.returncode != 0:
+                raise LabError(f"{host}: docker start {name}: {res.stderr.strip()}")
+    else:
+        first = hosts[0]
+        res = _docker(layout, first["name"], "run", *phase1_vllm_args(first["vllm_port"]))
+        if res.returncode != 0:
+            raise LabError(f"{first['name']}: docker run: {res.stderr.strip()}")
+    url = state.data["vllm"]["url"]
+    wait_for(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, 60,
+             interval=0.2, what="vLLM simulator")
+
+
+def phase1_vllm_args(host_port: int) -> list[str]:
+    """`docker run` arguments for the phase-1 vLLM server, from the plan's phase 1."""
+    from policy.plan import load_plan
+
+    v = load_plan().phase(1).vllm
+    return ["-d", "--name", VLLM_CONTAINER, "--gpus", "all", "--restart", "always",
+            "-p", f"{host_port}:8000", "-v", "/models:/models", v.image,
+            "--model", v.model_path, "--served-model-name", v.served_model_name,
+            "--tensor-parallel-size", str(v.tensor_parallel_size),
+            "--gpu-memory-utilization", str(v.gpu_memory_utilization),
+            "--max-model-len", str(v.max_model_len)]
+
+
+def _api_and_traffic(layout: LabLayout, state: _State) -> None:
+    d, ports = state.data, state.data["ports"]
+    _spawn_py(layout, state, "api", "lab.api_sim", "--port", str(ports["api"]),
+              "--redis-url", d["redis"]["url"], "--vllm-url", d["vllm"]["url"],
+              "--app-dsn", d["postgres"]["app_dsn"])
+    wait_for(lambda: httpx.get(f"{d['api']['url']}/healthz", timeout=2).status_code == 200,
+             30, what="API simulator")
+    _spawn_py(layout, state, "traffic", "lab.traffic", "--api-url", d["api"]["url"])
+
+
+def _wait_scraped(state: _State) -> None:
+    """Wait until Prometheus has scraped every always-on target (up == 1), as queries need."""
+    url = state.data["prometheus"]["url"] + "/api/v1/query"
+    first_host = state.data["gpu_hosts"][0]["name"]
+    query = f'up{{job=~"api|dcgm|infra"}} == 1 or up{{job="vllm",host="{first_host}"}} == 1'
+
+    def all_up() -> bool:
+        result = httpx.get(url, params={"query": query}, timeout=2).json()["data"]["result"]
+        return len(result) >= 4
+
+    wait_for(all_up, 60, interval=0.5, what="prometheus first scrape")
+
+
+def _prefect_ready(layout: LabLayout, state: _State) -> None:
+    services.wait_prefect(state.data["ports"]["prefect"])
+    from blocks.lab import save_lab_blocks
+
+    saved = save_lab_blocks(state.data)
+    state.update(blocks=saved)
+
+
+def status(layout: LabLayout) -> dict[str, Any]:
+    """The recorded lab document plus `running`: {component: alive} for every recorded PID."""
+    data = load_state(layout)
+    if data is None:
+        raise LabError(f"no lab in {layout.root} (run `phasegate lab up`)")
+    procs = data.get("processes", {})
+    data["running"] = {c: pid_alive(int(p)) for c, p in procs.items()}
+    data["containers"] = _container_pids(layout, data)
+    for h in data.get("gpu_hosts", []):
+        h["gpus"] = len(control.read_gpus(layout, h["name"]))
+    return data
+
+
+def _container_pids(layout: LabLayout, data: dict[str, Any]) -> dict[str, int]:
+    """PIDs of the vLLM "containers" the docker shim started, {host/name: pid}."""
+    found: dict[str, int] = {}
+    for h in data.get("gpu_hosts", []):
+        for rec in sorted(layout.containers_dir(h["name"]).glob("*.json")):
+            try:
+                pid = int(json.loads(rec.read_text()).get("pid") or 0)
+            except (ValueError, OSError):
+                continue
+            if pid and pid_alive(pid):
+                found[f"{h['name']}/{rec.stem}"] = pid
+    return found
+
+
+def down(layout: LabLayout, purge: bool = False) -> list[str]:
+    """Stop every process the lab started (by PID) and, with `purge`, delete its data."""
+    data = load_state(layout)
+    if data is None:
+        if purge and layout.root.exists():
+            shutil.rmtree(layout.root)
+        return []
+    stopped = _stop_all(layout, data)
+    data["processes"] = {}
+    if purge:
+        pg_root = data.get("postgres", {}).get("data_dir")
+        if pg_root and Path(pg_root).exists() and Path(pg_root) != layout.root / "postgres":
+            shutil.rmtree(pg_root)
+        shutil.rmtree(layout.root)
+    else:
+        control.write_json_atomic(layout.state_file, data)
+    return stopped
+
+
+def _stop_all(layout: LabLayout, data: dict[str, Any]) -> list[str]:
+    """Stop containers, then the recorded processes in dependency order. Names stopped."""
+    stopped = []
+    for key, pid in _container_pids(layout, data).items():
+        stop_pid(pid, signal.SIGTERM, timeout=5)
+        stopped.append(f"container {key}")
+    procs = dict(data.get("processes", {}))
+    order = _STOP_ORDER + sorted(c for c in procs if c not in _STOP_ORDER)
+    for component in order:
+        if component not in procs:
+            continue
+        # PostgreSQL: SIGINT is "fast shutdown"; SIGTERM would wait for clients.
+        sig = signal.SIGINT if component == "postgres" else signal.SIGTERM
+        if stop_pid(int(procs[component]), sig, timeout=15):
+            stopped.append(component)
+    return stopped

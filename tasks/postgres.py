@@ -1,0 +1,28 @@
+"""PostgreSQL: read-only checks on the app database (backups come with the transition flow)."""
+
+from __future__ import annotations
+
+import psycopg
+from prefect import task
+from psycopg import sql
+
+from blocks.systems import PostgresConnection
+from phasegate.errors import SourceUnavailable
+from tasks.retrying import only_transient
+
+__all__ = ["MAIN_TABLES", "count_rows"]
+
+MAIN_TABLES = ("users", "daily_active_users", "subscriptions", "payments", "feedback",
+               "nps_responses")
+
+
+@task(retries=2, retry_delay_seconds=[1, 3], retry_condition_fn=only_transient)
+def count_rows(pg: PostgresConnection, tables: tuple[str, ...] = MAIN_TABLES) -> dict[str, int]:
+    """Row count of each table of the app database."""
+    try:
+        with pg.get_connection() as conn:
+            return {t: int(conn.execute(  # type: ignore[index]
+                sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t))).fetchone()[0])
+                for t in tables}
+    except psycopg.OperationalError as exc:
+        raise SourceUnavailable(f"PostgreSQL {pg.host}:{pg.port}: {exc}") from exc

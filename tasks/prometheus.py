@@ -1,0 +1,64 @@
+"""Prometheus: instant and range queries that never raise for "no data".
+
+A failed query is a Measurement with `error` set; no data is a Measurement with no value.
+Neither is ever a pass: the caller (policy) decides what each means.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+
+from prefect import task
+
+from blocks.systems import PrometheusConnection
+
+__all__ = ["Measurement", "query_instant", "query_range"]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One query's outcome: `value`, or `error`, or neither (no data)."""
+
+    query: str
+    value: float | None = None
+    error: str | None = None
+    points: tuple[tuple[float, float], ...] = ()
+
+    @property
+    def has_value(self) -> bool:
+        """True only for a real, finite number."""
+        return self.error is None and self.value is not None and math.isfinite(self.value)
+
+
+@task
+def query_instant(prom: PrometheusConnection, query: str) -> Measurement:
+    """Evaluate `query` now; a vector must have exactly one sample (aggregate in PromQL)."""
+    try:
+        result = prom.get_client().custom_query(query=query)
+    except Exception as exc:  # noqa: BLE001 - any failure is an Error measurement
+        return Measurement(query, error=f"{type(exc).__name__}: {exc}")
+    if not result:
+        return Measurement(query)
+    if len(result) > 1:
+        return Measurement(query, error=f"{len(result)} series; aggregate to one")
+    return Measurement(query, value=float(result[0]["value"][1]))
+
+
+@task
+def query_range(prom: PrometheusConnection, query: str, start: datetime, end: datetime,
+                step: str) -> Measurement:
+    """Evaluate `query` over [start, end]; `points` are (epoch, value) of the single series
+    and `value` is the last point."""
+    try:
+        result = prom.get_client().custom_query_range(query=query, start_time=start,
+                                                      end_time=end, step=step)
+    except Exception as exc:  # noqa: BLE001
+        return Measurement(query, error=f"{type(exc).__name__}: {exc}")
+    if not result:
+        return Measurement(query)
+    if len(result) > 1:
+        return Measurement(query, error=f"{len(result)} series; aggregate to one")
+    points = tuple((float(t), float(v)) for t, v in result[0]["values"])
+    return Measurement(query, value=points[-1][1] if points else None, points=points)

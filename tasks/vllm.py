@@ -1,0 +1,53 @@
+"""vLLM's OpenAI-compatible server: health and a real completion."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import httpx
+from prefect import task
+
+from phasegate.errors import RemoteTimeout, VerificationFailed
+from tasks.retrying import only_transient
+
+__all__ = ["CompletionCheck", "check_completion", "is_healthy"]
+
+
+@dataclass(frozen=True)
+class CompletionCheck:
+    """A completion that really came back."""
+
+    model: str
+    text: str
+    completion_tokens: int
+    latency_ms: float
+
+
+def is_healthy(url: str, timeout_s: float = 5.0) -> bool:
+    """True if GET /health answers 200 (503 while the model loads)."""
+    try:
+        return httpx.get(f"{url}/health", timeout=timeout_s).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@task(retries=2, retry_delay_seconds=[1, 3], retry_condition_fn=only_transient)
+def check_completion(url: str, model: str, prompt: str = "1+1=", max_tokens: int = 8,
+                     timeout_s: float = 60.0) -> CompletionCheck:
+    """POST /v1/completions and require a non-empty answer."""
+    started = time.perf_counter()
+    try:
+        resp = httpx.post(f"{url}/v1/completions", timeout=timeout_s,
+                          json={"model": model, "prompt": prompt, "max_tokens": max_tokens})
+    except httpx.TransportError as exc:
+        raise RemoteTimeout(f"vLLM {url}: {exc}") from exc
+    if resp.status_code != 200:
+        raise VerificationFailed(f"vLLM {url}: completion answered {resp.status_code}: "
+                                 f"{resp.text[:200]}")
+    body = resp.json()
+    text = body["choices"][0]["text"]
+    if not text.strip():
+        raise VerificationFailed(f"vLLM {url}: empty completion")
+    return CompletionCheck(body["model"], text, int(body["usage"]["completion_tokens"]),
+                           (time.perf_counter() - started) * 1000)
