@@ -54,7 +54,8 @@ def gpu_host_block(h: dict[str, Any]) -> GpuHost:
     lines = [line for line in Path(h["known_hosts"]).read_text().splitlines()
              if line.startswith(f"[127.0.0.1]:{port} ")]
     return GpuHost(name=h["name"], host=h["host"], port=port, user=h["user"],
-                   private_key=SecretStr(Path(h["key_path"]).read_text()), known_hosts="\n".join(lines),
+                   private_key=SecretStr(Path(h["key_path"]).read_text()),
+                   known_hosts="\n".join(lines),
                    vllm_port=int(h["vllm_port"]), models_dir=h["models_dir"])
 
 

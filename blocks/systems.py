@@ -9,7 +9,7 @@ at the lab (blocks.lab).
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Any, TypeVar, cast
 from urllib.parse import quote
 
 import paramiko
@@ -23,7 +23,7 @@ from prometheus_api_client import PrometheusConnect
 from pydantic import Field, SecretStr
 from urllib3.util.retry import Retry
 
-__all__ = ["GcpConnection", "GpuHost", "PostgresConnection", "PrometheusConnection",
+__all__ = ["GcpConnection", "GpuHost", "PostgresConnection", "PrometheusConnection", "load_block",
            "RedisConnection"]
 
 
@@ -178,3 +178,11 @@ class GcpConnection(Block):
         """Compute zone operations client: wait on operations with it, never with
         ExtendedOperation.result() (that polls Google whatever the endpoint)."""
         return compute_v1.ZoneOperationsClient(**self._options())
+
+
+B = TypeVar("B", bound=Block)
+
+
+def load_block(cls: type[B], name: str) -> B:
+    """`cls.load(name)` with its real type (Prefect types `load` as sync-or-coroutine)."""
+    return cast(B, cls.load(name))

@@ -1,0 +1,1 @@
+"""Deployments: see prefect.yaml (schedules, parameters, work pools)."""

@@ -119,12 +119,12 @@ def gpu_processes(layout: LabLayout, host: str,
 def _table(gpus: Sequence[GpuReading], procs: Sequence[tuple[GpuReading, int, int]],
            now: float) -> str:
     """The classic nvidia-smi table (535 driver layout, 89 columns)."""
-    sep = "+-----------------------------------------+----------------------+----------------------+"
+    sep = "+" + "-" * 41 + "+" + "-" * 22 + "+" + "-" * 22 + "+"
     full = "+" + "-" * 87 + "+"
     head = f" NVIDIA-SMI {DRIVER_VERSION}             Driver Version: {DRIVER_VERSION}   " \
            f"CUDA Version: {CUDA_VERSION}"
     lines = [time.strftime("%a %b %d %H:%M:%S %Y", time.localtime(now)) + "       ", full,
-             f"|{head:<87}|", "|" + sep[1:-1].replace("+", "+", 2) + "|",
+             f"|{head:<87}|", "|" + sep[1:-1] + "|",
              "| GPU  Name                 Persistence-M | Bus-Id        Disp.A |"
              " Volatile Uncorr. ECC |",
              "| Fan  Temp   Perf          Pwr:Usage/Cap |         Memory-Usage |"
@@ -178,8 +178,7 @@ _FIELDS: dict[str, _Field] = {
     "power.draw": (" [W]", lambda g, now: f"{g.power_draw_w:.2f}", " W"),
     "power.limit": (" [W]", lambda g, now: f"{g.power_limit_w:.2f}", " W"),
 }
-_ALIASES = {"gpu_name": "name", "gpu_uuid": "uuid", "gpu_bus_id": "pci.bus_id",
-            "driver_version": "driver_version", "temperature.gpu": "temperature.gpu"}
+_ALIASES = {"gpu_name": "name", "gpu_uuid": "uuid", "gpu_bus_id": "pci.bus_id"}
 
 
 def _parse_format(spec: str | None) -> tuple[bool, bool] | None:

@@ -161,8 +161,8 @@ def _sshd_config(layout: LabLayout, name: str, port: int, user: str, strict: boo
     if strict:
         lines.append("StrictModes yes")
     else:
-        lines += ["# StrictModes no: a directory above the lab is group/world-writable (e.g. the",
-                  "# lab is under /tmp), so sshd would refuse authorized_keys with StrictModes yes.",
+        lines += ["# StrictModes no: a directory above the lab is group/world-writable (e.g.",
+                  "# the lab is under /tmp), so sshd would refuse authorized_keys otherwise.",
                   "StrictModes no"]
     env_path = f"PATH={hdir / 'bin'}:/usr/local/bin:/usr/bin:/bin"
     lines += [

@@ -1,0 +1,52 @@
+"""Test session setup: quiet, fast Prefect; one lab for the tests that need the whole world.
+
+The `lab` fixture starts the real lab once per session (PostgreSQL, Redis, Prometheus,
+Alertmanager, sshd per GPU host, the simulators and a Prefect server) in a private temp dir and
+stops it by PID at the end, checking that nothing it started is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# Before Prefect is imported anywhere: no telemetry, no heartbeat thread, quiet logs.
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.pop("PREFECT_API_URL", None)
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The running lab's status document (lab.json + `running`)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from lab.layout import LabLayout
+    from lab.supervisor import UpOptions, down, up
+
+    layout = LabLayout(tmp_path_factory.mktemp("lab"))
+    doc = up(layout, UpOptions(traffic_rate=2.0, vllm_load_seconds=1.0))
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: doc["prefect"]["api_url"]}):
+            yield doc
+    finally:
+        pids = [int(p) for p in doc["processes"].values()]
+        pids += list(doc.get("containers", {}).values())
+        down(layout, purge=True)
+        from lab.procs import pid_alive
+
+        left = [p for p in pids if pid_alive(p)]
+        assert not left, f"lab down left processes behind: {left}"
+
+
+@pytest.fixture(scope="session")
+def lab_layout(lab: dict[str, Any]) -> Any:
+    """The LabLayout of the session's lab."""
+    from lab.layout import LabLayout
+
+    return LabLayout(Path(lab["dir"]))
