@@ -47,7 +47,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from lab.control import JsonFile, read_faults
+from lab.control import JsonFile
 from lab.layout import LabLayout
 
 __all__ = ["API_BUCKETS", "ApiConfig", "ApiSim", "Upstreams", "main", "upstreams_file"]
@@ -205,6 +205,7 @@ class ApiSim:
         self.cfg = cfg
         self.metrics = ApiMetrics()
         self.upstreams = Upstreams(cfg.layout, cfg.vllm_urls)
+        self.faults = JsonFile(cfg.layout.faults_file, {})  # like read_faults, cached by mtime
         self.db = DbPool(cfg.app_dsn, cfg.db_pool_size)
         self.redis: aioredis.Redis | None = None
         self.http: aiohttp.ClientSession | None = None
@@ -305,7 +306,8 @@ class ApiSim:
         raise HttpError(404, "not found")
 
     async def _apply_faults(self) -> None:
-        faults = read_faults(self.cfg.layout).get("api", {})
+        data = self.faults.read()
+        faults = (data.get("api") or {}) if isinstance(data, dict) else {}
         if "slow" in faults:
             await asyncio.sleep(float((faults["slow"] or {}).get("ms", 500)) / 1000.0)
         if "erroring" in faults:

@@ -78,8 +78,10 @@ class Emulator:
             state = json.loads(self.state_file.read_text())
             if isinstance(state, dict) and {"run", "compute"} <= state.keys():
                 return state
-        except (OSError, ValueError):
+        except FileNotFoundError:
             pass
+        except (OSError, ValueError) as exc:
+            log.warning("unreadable %s (%s); reseeding", self.state_file, exc)
         state = self._seeded()
         write_json_atomic(self.state_file, state)
         return state

@@ -7,6 +7,7 @@ until each one really answers, and records everything in `<lab>/lab.json` as it 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -95,10 +96,24 @@ def _ports(old: dict[str, Any] | None, names: list[str]) -> dict[str, int]:
     return ports
 
 
+def _recorded_vllm_ports(layout: LabLayout, hosts: list[str]) -> dict[str, int]:
+    """{"vllm:<host>": published port} of the vLLM containers recorded on each host."""
+    found = {}
+    for host in hosts:
+        path = layout.containers_dir(host) / f"{VLLM_CONTAINER}.json"
+        try:
+            found[f"vllm:{host}"] = int(json.loads(path.read_text())["host_port"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return found
+
+
 def _port_free(port: int) -> bool:
     import socket
 
     with socket.socket() as s:
+        # As the servers do: a port whose old connections sit in TIME_WAIT is reusable.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -118,6 +133,8 @@ def up(layout: LabLayout, opts: UpOptions | None = None) -> dict[str, Any]:
     names = ["postgres", "redis", "prometheus", "alertmanager", "prefect", "api", "gpu_exporter",
              "infra_exporter", "gcp", "receiver"]
     names += [f"ssh:{h}" for h in hosts] + [f"vllm:{h}" for h in hosts]
+    if old:  # a restarted container keeps its published port, so its URL must too
+        old.setdefault("ports", {}).update(_recorded_vllm_ports(layout, hosts))
     state = _State(layout, _skeleton(layout, _ports(old, names), hosts, opts, old))
     started = time.monotonic()
     try:
@@ -166,6 +183,10 @@ def _start_all(layout: LabLayout, state: _State, opts: UpOptions) -> None:
     control.set_traffic_rate(layout, opts.traffic_rate)
     anchor = datetime.fromisoformat(state.data["world_anchor"])
     world = World.build(anchor, days=opts.history_days)
+    for host, count in opts.gpus.items():  # before the history, which labels GPU 0's UUID
+        layout.host_dir(host).mkdir(parents=True, exist_ok=True)
+        if not control.read_gpus(layout, host) and not layout.gpus_file(host).exists():
+            control.set_gpu_count(layout, host, count)
     first: list[Callable[[], None]] = [
         lambda: _postgres(layout, state, world),
         lambda: _redis(layout, state),
@@ -234,8 +255,7 @@ def _prometheus(layout: LabLayout, state: _State, world: Any, opts: UpOptions) -
     if not tsdb.exists() and opts.history_days > 0:
         om = layout.prometheus_dir / "history.om"
         end = datetime.fromisoformat(state.data["world_anchor"]) - timedelta(minutes=1)
-        labels = HistoryLabels.for_lab(ports, control.read_gpus(layout, "gpu-1")
-                                       if layout.gpus_file("gpu-1").exists() else [])
+        labels = HistoryLabels.for_lab(ports, control.read_gpus(layout, "gpu-1"))
         write_openmetrics(om, world, labels, end)
         load_history(om, tsdb)
         om.unlink()
@@ -291,8 +311,6 @@ def _gpu_hosts(layout: LabLayout, state: _State, opts: UpOptions) -> None:
     hosts = []
     for name in sorted(opts.gpus):
         spec = prepare_host(layout, name, state.data["ports"][f"ssh:{name}"])
-        if not layout.gpus_file(name).exists() or not control.read_gpus(layout, name):
-            control.set_gpu_count(layout, name, opts.gpus[name])
         pid = spawn(spec.sshd_argv, layout.logs_dir / f"sshd-{name}.log")
         state.add_pid(f"ssh:{name}", pid)
         vllm_port = state.data["ports"][f"vllm:{name}"]
@@ -406,18 +424,24 @@ def status(layout: LabLayout) -> dict[str, Any]:
     return data
 
 
-def _container_pids(layout: LabLayout, data: dict[str, Any]) -> dict[str, int]:
-    """PIDs of the vLLM "containers" the docker shim started, {host/name: pid}."""
-    found: dict[str, int] = {}
+def _container_records(layout: LabLayout, data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The docker shim's container records on every GPU host, with `host` added."""
+    records = []
     for h in data.get("gpu_hosts", []):
-        for rec in sorted(layout.containers_dir(h["name"]).glob("*.json")):
+        for path in sorted(layout.containers_dir(h["name"]).glob("*.json")):
             try:
-                pid = int(json.loads(rec.read_text()).get("pid") or 0)
+                rec = json.loads(path.read_text())
             except (ValueError, OSError):
                 continue
-            if pid and pid_alive(pid):
-                found[f"{h['name']}/{rec.stem}"] = pid
-    return found
+            records.append({**rec, "host": h["name"], "record": path.stem})
+    return records
+
+
+def _container_pids(layout: LabLayout, data: dict[str, Any]) -> dict[str, int]:
+    """PIDs of the running vLLM "containers" the docker shim started, {host/name: pid}."""
+    return {f"{r['host']}/{r['record']}": int(r["pid"])
+            for r in _container_records(layout, data)
+            if r.get("pid") and pid_alive(int(r["pid"]))}
 
 
 def down(layout: LabLayout, purge: bool = False) -> list[str]:
@@ -441,10 +465,7 @@ def down(layout: LabLayout, purge: bool = False) -> list[str]:
 
 def _stop_all(layout: LabLayout, data: dict[str, Any]) -> list[str]:
     """Stop containers, then the recorded processes in dependency order. Names stopped."""
-    stopped = []
-    for key, pid in _container_pids(layout, data).items():
-        stop_pid(pid, signal.SIGTERM, timeout=5)
-        stopped.append(f"container {key}")
+    stopped = _stop_containers(layout, data)
     procs = dict(data.get("processes", {}))
     order = _STOP_ORDER + sorted(c for c in procs if c not in _STOP_ORDER)
     for component in order:
@@ -454,4 +475,21 @@ def _stop_all(layout: LabLayout, data: dict[str, Any]) -> list[str]:
         sig = signal.SIGINT if component == "postgres" else signal.SIGTERM
         if stop_pid(int(procs[component]), sig, timeout=15):
             stopped.append(component)
+    return stopped
+
+
+def _stop_containers(layout: LabLayout, data: dict[str, Any]) -> list[str]:
+    """`docker stop` each running container (so its record says Exited), then make sure its
+    process and the shim's monitor are gone, by PID."""
+    stopped = []
+    for rec in _container_records(layout, data):
+        pids = [int(rec[k]) for k in ("pid", "monitor_pid") if rec.get(k)]
+        if not any(pid_alive(p) for p in pids):
+            continue
+        # If the shim fails, the PID fallback below still stops the container.
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            _docker(layout, rec["host"], "stop", "-t", "5", rec["record"])
+        for pid in pids:
+            stop_pid(pid, signal.SIGTERM, timeout=5)
+        stopped.append(f"container {rec['host']}/{rec['record']}")
     return stopped

@@ -26,7 +26,7 @@ import time
 import uuid
 import zlib
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -364,7 +364,7 @@ class Engine:
         self._work = asyncio.Event()
         self.busy_s = 0.0
         self.occupancy_s = 0.0
-        self.slow = 1.0
+        self.slow_factor: Callable[[], float] = lambda: 1.0
 
     def submit(self, seq: Seq) -> None:
         """Queue a request (it waits until the scheduler admits it)."""
@@ -394,7 +394,7 @@ class Engine:
             if not work:
                 await asyncio.sleep(0.01)
                 continue
-            dt = self._step_duration(work) * self.slow
+            dt = self._step_duration(work) * self.slow_factor()
             await asyncio.sleep(dt)
             self.busy_s += dt
             self.occupancy_s += dt * self.occupancy()
@@ -589,6 +589,12 @@ class Simulator:
         self.load_seconds = load_seconds
         self.rng = random.Random(0x5eed)
         self.created = int(time.time())
+        self.engine.slow_factor = self.slow_factor
+
+    def slow_factor(self) -> float:
+        """The `slow` fault's latency multiplier (1 without the fault), read per engine step."""
+        slow = self.faults().get("slow")
+        return max(0.01, float(slow.get("factor", 5.0))) if isinstance(slow, dict) else 1.0
 
     def loading_progress(self) -> float:
         """0..1 of the model load."""
@@ -659,7 +665,6 @@ class Simulator:
             if self.rng.random() < rate:
                 return error(500, "EngineCore encountered an issue. See stack trace (above) "
                              "for the root cause.", "InternalServerError")
-        self.engine.slow = float(faults["slow"].get("factor", 5.0)) if "slow" in faults else 1.0
         cached = min(self.engine.prefix.lookup_and_insert(req.words), req.prompt_tokens - 1)
         self.metrics.prefix_queries.inc(req.prompt_tokens)
         self.metrics.prefix_hits.inc(cached)
@@ -846,7 +851,7 @@ class GpuLoadWriter:
             old = []
         keep = [g for g in old if isinstance(g, dict) and g.get("index") not in mine
                 and now - float(g.get("updated", 0)) < 10]
-        ours = [{"index": i, "utilization": util, "memory_used_mib": mem, "updated": now,
+        ours = [{"index": i, "utilization": util, "memory_used_mib": int(mem), "updated": now,
                  "pid": os.getpid()} for i in sorted(mine)]
         gpus = sorted(keep + ours, key=lambda g: int(g.get("index", 0)))
         write_json_atomic(self.path, {"updated": now, "gpus": gpus})

@@ -13,12 +13,14 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every registered subcommand."""
-    from phasegate import lab_cli, plan_cli, smoke_cli
+    from phasegate.lab_cli import register as lab_commands
+    from phasegate.plan_cli import register as plan_commands
+    from phasegate.smoke_cli import register as smoke_commands
 
     parser = argparse.ArgumentParser(prog="phasegate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (plan_cli, lab_cli, smoke_cli):
-        module.register(sub)
+    for register in (plan_commands, lab_commands, smoke_commands):
+        register(sub)
     return parser
 
 

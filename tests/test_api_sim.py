@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import _services as svc  # tests/ has no __init__.py: pytest puts tests/ itself on sys.path
 import pytest
 import redis
 
@@ -17,11 +18,6 @@ from lab.control import clear_faults, set_fault, write_json_atomic
 from lab.layout import LabLayout
 from lab.procs import free_port, stop_pid, wait_for
 from policy.metrics import is_known_metric
-
-try:
-    from tests import _services as svc
-except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
-    import _services as svc  # type: ignore[no-redef]
 
 
 @dataclass
@@ -86,7 +82,7 @@ def test_questions_cache_miss_then_hit(world: World) -> None:
     assert [q["subject"] for q in questions] == ["math"] * 3
     assert "answer" not in questions[0]
     assert counter(world, "api_cache_misses_total") == misses + 1
-    assert 0 < int(world.redis.ttl("api:questions:math")) <= 30  # type: ignore[arg-type]
+    assert 0 < int(world.redis.ttl("api:questions:math")) <= 30
     status, again = svc.http_get(world.api + "/v1/questions?subject=math")
     assert (status, json.loads(again)) == (200, questions)
     assert counter(world, "api_cache_hits_total") == hits + 1

@@ -43,21 +43,26 @@ class Emu:
 
     @property
     def url(self) -> str:
+        """Base URL, also the clients' api_endpoint."""
         return f"http://127.0.0.1:{self.port}"
 
     def run(self) -> run_v2.ServicesClient:
+        """Cloud Run v2 client over REST."""
         return run_v2.ServicesClient(credentials=AnonymousCredentials(), transport="rest",
                                      client_options={"api_endpoint": self.url})
 
     def instances(self) -> compute_v1.InstancesClient:
+        """Compute instances client."""
         return compute_v1.InstancesClient(credentials=AnonymousCredentials(),
                                           client_options={"api_endpoint": self.url})
 
     def zone_ops(self) -> compute_v1.ZoneOperationsClient:
+        """Compute zone operations client."""
         return compute_v1.ZoneOperationsClient(credentials=AnonymousCredentials(),
                                                client_options={"api_endpoint": self.url})
 
     def requests(self) -> list[dict[str, Any]]:
+        """The emulator's request log."""
         return list(httpx.get(f"{self.url}/_lab/requests", timeout=5).json()["requests"])
 
 
@@ -372,6 +377,8 @@ def test_filter_forms() -> None:
     for bad in ("labels.owner", "bogus = 1", "name = x OR name = y", "labels = x"):
         with pytest.raises(gcp_compute.ComputeError):
             parse(bad)
+    fields = {f.json_name for f in compute_v1.Instance.pb().DESCRIPTOR.fields}
+    assert fields == gcp_compute.INSTANCE_FIELDS
 
 
 def test_mask_paths_resolve_snake_and_camel() -> None:

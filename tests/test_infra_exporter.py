@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import _services as svc  # tests/ has no __init__.py: pytest puts tests/ itself on sys.path
 import psycopg
 import pytest
 import redis
@@ -15,11 +16,6 @@ from lab.infra_exporter import GIB, PG_MOUNTPOINT, set_disk
 from lab.layout import LabLayout
 from lab.procs import free_port, stop_pid, wait_for
 from policy.metrics import is_known_metric
-
-try:
-    from tests import _services as svc
-except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
-    import _services as svc  # type: ignore[no-redef]
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

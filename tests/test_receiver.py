@@ -7,16 +7,12 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import _services as svc  # tests/ has no __init__.py: pytest puts tests/ itself on sys.path
 import pytest
 
 from lab.layout import LabLayout
 from lab.procs import free_port, pid_alive, stop_pid
 from lab.receiver import append_message, channel_for, read_inbox
-
-try:
-    from tests import _services as svc
-except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
-    import _services as svc  # type: ignore[no-redef]
 
 ALERT = {"version": "4", "status": "firing", "receiver": "slack", "groupKey": "{}:{}",
          "commonLabels": {"alertname": "HighGPUUtilization"},

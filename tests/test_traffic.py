@@ -9,17 +9,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import _services as svc  # tests/ has no __init__.py: pytest puts tests/ itself on sys.path
 import pytest
 
 from lab.control import set_traffic_rate
 from lab.layout import LabLayout
 from lab.procs import free_port, pid_alive, stop_pid, wait_for
 from lab.traffic import check_target, p95
-
-try:
-    from tests import _services as svc
-except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
-    import _services as svc  # type: ignore[no-redef]
 
 
 @dataclass
@@ -80,7 +76,8 @@ def test_rate_is_kept_and_zero_is_idle(world: World) -> None:
         set_traffic_rate(world.layout, 20)
         time.sleep(3.0)
         set_traffic_rate(world.layout, 0)
-        wait_for(lambda h=[]: _settled(world, h), timeout=5, interval=0.4, what="idle")  # type: ignore[misc]
+        seen: list[float] = []
+        wait_for(lambda: _settled(world, seen), timeout=5, interval=0.4, what="idle")
         journeys = question_requests(world) - start
         assert 45 <= journeys <= 75, journeys
         assert len(world.vllm.calls) >= 5  # about 30 % of the journeys asked for feedback

@@ -1,6 +1,7 @@
 """`docker` of a simulated GPU host: the subset phasegate uses, with docker's formats and codes.
 
-Commands: `run -d`, `stop`, `rm`, `ps`, `inspect`, `logs` (also as `docker container ...`).
+Commands: `run -d`, `start`, `stop`, `restart`, `rm`, `ps`, `inspect`, `logs` (also as
+`docker container ...`).
 Only the image `vllm/vllm-openai[:tag]` exists. A "container" is a detached process (own session)
 running `python -m lab.vllm_sim <vLLM args> --gpu-host H --lab-dir D --visible-gpus 0,1
 --host 127.0.0.1 --port <host port of -p>` ($PHASEGATE_DOCKER_ENTRYPOINT replaces the module, for
@@ -136,9 +137,10 @@ def _status(rec: dict[str, Any]) -> str:
 
 def _exit_code(rec: dict[str, Any]) -> int:
     """Recorded exit code; 255 when the process vanished without one being recorded."""
+    if _is_running(rec):
+        return 0
     code = rec.get("exit_code")
-    return int(code) if code is not None and not _is_running(rec) else (0 if _is_running(rec)
-                                                                        else 255)
+    return 255 if code is None else int(code)
 
 
 def running_gpu_pids(layout: LabLayout, host: str) -> list[tuple[int, list[int]]]:
@@ -439,17 +441,19 @@ def _monitor(argv: list[str], env: dict[str, str], cwd: Path, log: Path, pipe_w:
     code = proc.wait()
     with _locked(layout, host):
         rec = _find(layout, host, name)
-        if rec is not None and rec["id"] == cid and rec.get("exit_code") is None:
+        if (rec is not None and rec["id"] == cid and rec.get("pid") == proc.pid
+                and rec.get("exit_code") is None):
             rec.update(state="exited", exit_code=code if code >= 0 else 128 - code,
                        finished_at=_now_rfc3339())
             _save(layout, host, rec)
 
 
 def _start(argv: list[str], env: dict[str, str], layout: LabLayout, host: str, name: str,
-           cid: str) -> tuple[int, str, int]:
+           cid: str, new_log: bool = True) -> tuple[int, str, int]:
     """Fork the monitor; return (container pid, its start time, monitor pid)."""
     log = _dir(layout, host) / f"{name}.log"
-    log.write_bytes(b"")
+    if new_log:
+        log.write_bytes(b"")
     pipe_r, pipe_w = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -472,14 +476,19 @@ def _start(argv: list[str], env: dict[str, str], layout: LabLayout, host: str, n
     return int(line[0]), (line[1] if len(line) > 1 else ""), child
 
 
-def _container_argv(layout: LabLayout, host: str, args: list[str], gpus: list[int],
-                    port: int) -> list[str]:
+def _container_argv(layout: LabLayout, host: str, module: str, args: list[str],
+                    gpus: list[int], port: int) -> list[str]:
     """Command line of the simulated vLLM server."""
-    module = os.environ.get(ENTRYPOINT_ENV) or DEFAULT_MODULE
     return [sys.executable, "-m", module, *args, "--gpu-host", host,
             "--lab-dir", str(layout.root.resolve()),
             "--visible-gpus", ",".join(str(i) for i in gpus), "--host", "127.0.0.1",
             "--port", str(port)]
+
+
+def _process_env(env: list[str], gpus: list[int]) -> dict[str, str]:
+    """Environment of the container process: the shim's, the -e values, the visible GPUs."""
+    return {**os.environ, **dict(e.split("=", 1) for e in env),
+            "NVIDIA_VISIBLE_DEVICES": ",".join(map(str, gpus)) or "void"}
 
 
 def cmd_run(layout: LabLayout, host: str, argv: Sequence[str]) -> int:
@@ -507,13 +516,14 @@ def cmd_run(layout: LabLayout, host: str, argv: Sequence[str]) -> int:
         vllm_args, container_port = _strip_host_port([_translate(a, mounts) for a in args])
         port = _publish(ports, container_port, name)
         cid = secrets.token_hex(32)
-        proc_argv = _container_argv(layout, host, vllm_args, gpus, port)
-        proc_env = {**os.environ, **dict(e.split("=", 1) for e in env),
-                    "NVIDIA_VISIBLE_DEVICES": ",".join(map(str, gpus)) or "void"}
+        module = os.environ.get(ENTRYPOINT_ENV) or DEFAULT_MODULE
+        proc_argv = _container_argv(layout, host, module, vllm_args, gpus, port)
         created = _now_rfc3339()
-        pid, pid_start, monitor = _start(proc_argv, proc_env, layout, host, name, cid)
+        pid, pid_start, monitor = _start(proc_argv, _process_env(env, gpus), layout, host, name,
+                                         cid)
         rec = {"id": cid, "name": name, "image": image, "args": args, "entrypoint": ENTRYPOINT,
-               "argv": proc_argv, "created": created, "started_at": created, "finished_at": None,
+               "argv": proc_argv, "module": module, "vllm_args": vllm_args, "created": created,
+               "started_at": created, "finished_at": None,
                "state": "running", "exit_code": None, "pid": pid, "pid_start": pid_start,
                "monitor_pid": monitor, "ports": ports, "host_port": port,
                "gpus": {"spec": gpu_spec, "indices": gpus}, "restart": restart,
@@ -601,6 +611,78 @@ def cmd_stop(layout: LabLayout, host: str, argv: Sequence[str]) -> int:
             continue
         if _is_running(rec):
             _kill(layout, host, rec, grace)
+        print(name)
+    return code
+
+
+def _restart(layout: LabLayout, host: str, rec: dict[str, Any]) -> None:
+    """Start a stopped container again with its recorded command (GPUs re-resolved)."""
+    with _locked(layout, host):
+        cur = _find(layout, host, rec["name"])
+        if cur is None or _is_running(cur):
+            return
+        try:
+            gpus = _resolve_gpus(layout, host, cur["gpus"]["spec"])
+        except DockerError as exc:
+            raise DockerError(exc.message.removeprefix("docker: ") + "\nError: failed to start "
+                              f"containers: {cur['name']}", 1) from None
+        port = int(cur["host_port"])
+        if not _port_free(port):
+            raise DockerError(f"Error response from daemon: driver failed programming external "
+                              f"connectivity on endpoint {cur['name']}: Bind for 0.0.0.0:{port} "
+                              f"failed: port is already allocated\nError: failed to start "
+                              f"containers: {cur['name']}", 1)
+        argv = _container_argv(layout, host, cur.get("module") or DEFAULT_MODULE,
+                               cur["vllm_args"], gpus, port)
+        pid, pid_start, monitor = _start(argv, _process_env(cur.get("env", []), gpus), layout,
+                                         host, cur["name"], cur["id"], new_log=False)
+        cur.update(argv=argv, pid=pid, pid_start=pid_start, monitor_pid=monitor,
+                   state="running", exit_code=None, started_at=_now_rfc3339(),
+                   gpus={**cur["gpus"], "indices": gpus})
+        _save(layout, host, cur)
+
+
+def cmd_start(layout: LabLayout, host: str, argv: Sequence[str]) -> int:
+    """docker start NAME...: start stopped containers again; prints each name."""
+    _, names = _split_opts(argv, set(), {"-a", "--attach", "-i", "--interactive"}, "start")
+    _need_args(names, "start")
+    code = 0
+    for name in names:
+        rec = _find(layout, host, name)
+        if rec is None:
+            sys.stderr.write(_no_such(name).message + "\nError: failed to start containers: "
+                             f"{name}\n")
+            code = 1
+            continue
+        try:
+            _restart(layout, host, rec)
+        except DockerError as exc:
+            sys.stderr.write(exc.message + "\n")
+            code = 1
+            continue
+        print(name)
+    return code
+
+
+def cmd_restart(layout: LabLayout, host: str, argv: Sequence[str]) -> int:
+    """docker restart [-t N] NAME...: stop (if running), then start."""
+    opts, names = _split_opts(argv, {"-t", "--time"}, set(), "restart")
+    _need_args(names, "restart")
+    code = 0
+    for name in names:
+        rec = _find(layout, host, name)
+        if rec is None:
+            sys.stderr.write(_no_such(name).message + "\n")
+            code = 1
+            continue
+        if _is_running(rec):
+            _kill(layout, host, rec, float(opts.get("-t") or opts.get("--time") or 10))
+        try:
+            _restart(layout, host, rec)
+        except DockerError as exc:
+            sys.stderr.write(exc.message + "\n")
+            code = 1
+            continue
         print(name)
     return code
 
@@ -827,8 +909,9 @@ def _inspect_obj(rec: dict[str, Any]) -> dict[str, Any]:
                     "RW": m["rw"], "Propagation": "rprivate"} for m in rec.get("mounts", [])],
         "Config": {"Hostname": rec["id"][:12], "Env": [*rec.get("env", []), *_IMAGE_ENV],
                    "Cmd": rec["args"], "Image": rec["image"],
-            "Entrypoint": rec["entrypoint"], "Labels": {},
-            "ExposedPorts": {f"{p['container_port']}/tcp": {} for p in rec.get("ports", [])}},
+                   "Entrypoint": rec["entrypoint"], "Labels": {},
+                   "ExposedPorts": {f"{p['container_port']}/tcp": {}
+                                    for p in rec.get("ports", [])}},
         "NetworkSettings": {"Ports": net_ports},
         "PhasegateLab": {"Host": rec["host"], "Argv": rec["argv"], "HostPort": rec["host_port"],
                          "VisibleGpus": gpus["indices"],
@@ -883,7 +966,7 @@ def cmd_logs(layout: LabLayout, host: str, argv: Sequence[str]) -> int:
 
 _COMMANDS: dict[str, Callable[[LabLayout, str, Sequence[str]], int]] = {
     "run": cmd_run, "stop": cmd_stop, "rm": cmd_rm, "ps": cmd_ps, "inspect": cmd_inspect,
-    "logs": cmd_logs,
+    "logs": cmd_logs, "start": cmd_start, "restart": cmd_restart,
 }
 _CONTAINER_ALIASES = {"ls": "ps", "list": "ps", "remove": "rm"}
 
@@ -895,8 +978,8 @@ def run_command(layout: LabLayout, host: str, argv: Sequence[str]) -> int:
         argv = [_CONTAINER_ALIASES.get(argv[1], argv[1]) if len(argv) > 1 else "--help",
                 *argv[2:]]
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print("Usage:  docker [OPTIONS] COMMAND\n\nphasegate lab docker: run, stop, rm, ps, "
-              "inspect, logs")
+        print("Usage:  docker [OPTIONS] COMMAND\n\nphasegate lab docker: run, start, stop, "
+              "restart, rm, ps, inspect, logs")
         return 0
     if argv[0] in ("--version", "-v"):
         print("Docker version 24.0.7, build afdd53b")

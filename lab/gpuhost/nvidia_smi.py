@@ -2,7 +2,8 @@
 
 The host comes from $PHASEGATE_GPU_HOST and the lab from $PHASEGATE_LAB (both set by the host's
 sshd). GPUs come from `<host>/gpus.json` (`lab.control.set_gpu_count`); utilization and memory
-from `<host>/gpu_load.json`, written by the vLLM simulator (older than 10 s = idle).
+from `<host>/gpu_load.json`, written by the vLLM simulator (older than 10 s = idle), read
+through `lab.gpu_exporter.gpu_readings` so nvidia-smi and the DCGM exporter agree.
 
 Supported: no arguments (the classic table), `-L/--list-gpus`, `--query-gpu=FIELDS
 --format=csv[,noheader][,nounits]`, `--query-compute-apps=FIELDS --format=...`, `-i/--id`.
@@ -16,17 +17,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from lab.control import JsonFile, read_gpus
+from lab.gpu_exporter import IDLE_MEMORY_MIB, GpuReading, gpu_readings
+from lab.gpuhost.docker import running_gpu_pids
 from lab.layout import LabLayout
 
 __all__ = ["CUDA_VERSION", "DRIVER_VERSION", "GpuReading", "gpu_processes", "main", "readings"]
 
 DRIVER_VERSION = "535.129.03"
 CUDA_VERSION = "12.2"
-STALE_SECONDS = 10.0
-IDLE_MEMORY_MIB = 1
 EXIT_INVALID = 2
 EXIT_NO_DEVICES = 6
 EXIT_NO_DRIVER = 9
@@ -36,76 +35,14 @@ NO_DRIVER = ("NVIDIA-SMI has failed because it couldn't communicate with the NVI
 BAD_ARGS = "Invalid combination of input arguments. Please run 'nvidia-smi -h' for help."
 
 
-@dataclass(frozen=True)
-class GpuReading:
-    """What nvidia-smi reports for one GPU at one moment."""
-
-    index: int
-    name: str
-    uuid: str
-    memory_total_mib: int
-    memory_used_mib: int
-    utilization: int
-    temperature_c: int
-    power_draw_w: float
-    power_limit_w: float
-    fan_percent: int
-    pstate: str
-
-    @property
-    def bus_id(self) -> str:
-        """PCI bus id like nvidia-smi prints it."""
-        return f"00000000:{self.index + 1:02X}:00.0"
-
-    @property
-    def memory_free_mib(self) -> int:
-        """Total minus used."""
-        return self.memory_total_mib - self.memory_used_mib
-
-
-def _power_limit(name: str, memory_total_mib: int) -> float:
-    """The board power limit (TDP) of a GPU model."""
-    try:
-        from lab.gpu_model import gpu_spec
-        return float(gpu_spec(name, memory_total_mib).tdp_w)
-    except Exception:  # noqa: BLE001 - the capacity model is optional here
-        return 300.0
-
-
-def _load_entries(layout: LabLayout, host: str, now: float) -> dict[int, dict[str, Any]]:
-    """{index: load entry} from gpu_load.json, empty when missing or stale."""
-    data = JsonFile(layout.gpu_load_file(host), {}).read()
-    if not isinstance(data, dict) or now - float(data.get("updated", 0) or 0) > STALE_SECONDS:
-        return {}
-    entries = data.get("gpus") or []
-    return {int(e["index"]): e for e in entries if isinstance(e, dict) and "index" in e}
-
-
 def readings(layout: LabLayout, host: str, now: float | None = None) -> list[GpuReading]:
-    """Current readings of every GPU installed in `host` (idle when the load file is stale)."""
-    now = time.time() if now is None else now
-    load = _load_entries(layout, host, now)
-    out = []
-    for gpu in read_gpus(layout, host):
-        idx, total = int(gpu["index"]), int(gpu["memory_total_mib"])
-        entry = load.get(idx, {})
-        util = max(0, min(100, round(float(entry.get("utilization", 0) or 0))))
-        used = max(IDLE_MEMORY_MIB, min(total, int(entry.get("memory_used_mib", 0) or 0)))
-        limit = _power_limit(str(gpu["name"]), total)
-        busy = used > IDLE_MEMORY_MIB or util > 0
-        power = 22.0 + (10.0 if busy else 0.0) + (limit - 40.0) * util / 100.0 * 0.9
-        out.append(GpuReading(
-            index=idx, name=str(gpu["name"]), uuid=str(gpu["uuid"]), memory_total_mib=total,
-            memory_used_mib=used, utilization=util, temperature_c=round(33 + util * 0.45),
-            power_draw_w=round(power + (idx % 3) * 0.37, 2), power_limit_w=limit,
-            fan_percent=30 + round(util * 0.4), pstate="P2" if busy else "P8"))
-    return out
+    """Current readings of every GPU installed in `host` (shared with the DCGM exporter)."""
+    return gpu_readings(layout, host, now)
 
 
 def gpu_processes(layout: LabLayout, host: str,
                   gpus: Sequence[GpuReading]) -> list[tuple[GpuReading, int, int]]:
     """(gpu, pid, used MiB) of the running "containers" of `host` that hold GPU memory."""
-    from lab.gpuhost.docker import running_gpu_pids
     by_index = {g.index: g for g in gpus}
     out = []
     for pid, indices in running_gpu_pids(layout, host):
@@ -124,7 +61,7 @@ def _table(gpus: Sequence[GpuReading], procs: Sequence[tuple[GpuReading, int, in
     head = f" NVIDIA-SMI {DRIVER_VERSION}             Driver Version: {DRIVER_VERSION}   " \
            f"CUDA Version: {CUDA_VERSION}"
     lines = [time.strftime("%a %b %d %H:%M:%S %Y", time.localtime(now)) + "       ", full,
-             f"|{head:<87}|", "|" + sep[1:-1] + "|",
+             f"|{head:<87}|", "|" + sep[1:],
              "| GPU  Name                 Persistence-M | Bus-Id        Disp.A |"
              " Volatile Uncorr. ECC |",
              "| Fan  Temp   Perf          Pwr:Usage/Cap |         Memory-Usage |"
@@ -134,7 +71,7 @@ def _table(gpus: Sequence[GpuReading], procs: Sequence[tuple[GpuReading, int, in
              "|=========================================+======================+"
              "======================|"]
     for g in gpus:
-        left = f" {g.fan_percent:>3}%  {g.temperature_c:>3}C    {g.pstate}"
+        left = f" {f'{g.fan_percent}%':>3}  {g.temperature_c:>3}C    {g.pstate}"
         power = f"{round(g.power_draw_w)}W / {round(g.power_limit_w)}W "
         lines += [
             f"|{g.index:>4}  {g.name[:29]:<29}  On  | {g.bus_id} Off |{'Off':>21} |",
@@ -143,8 +80,8 @@ def _table(gpus: Sequence[GpuReading], procs: Sequence[tuple[GpuReading, int, in
             f"{f'{g.utilization}%':>8}{'Default':>13} |",
             f"|{'':41}|{'':22}|{'N/A':>21} |", sep]
     lines += [" " * 89, full, f"|{' Processes:':<87}|",
-              f"|{'  GPU   GI   CI        PID   Type   Process name':<75}{'GPU Memory':<12}|",
-              f"|{'        ID   ID':<75}{'Usage':<12}|", "|" + "=" * 87 + "|"]
+              f"|{'  GPU   GI   CI        PID   Type   Process name':<76}GPU Memory |",
+              f"|{'        ID   ID':<76}Usage      |", "|" + "=" * 87 + "|"]
     if not procs:
         lines.append(f"|{'  No running processes found':<87}|")
     for g, pid, mem in procs:
