@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["free_port", "pid_alive", "spawn", "stop_pid", "wait_for", "wait_port"]
+__all__ = ["free_port", "pid_alive", "port_free", "spawn", "stop_pid", "wait_for", "wait_port"]
 
 
 def free_port() -> int:
@@ -19,6 +19,18 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def port_free(port: int) -> bool:
+    """True if 127.0.0.1:`port` can be bound now. SO_REUSEADDR as servers set it, so a port
+    whose old connections sit in TIME_WAIT counts as free."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def spawn(

@@ -28,7 +28,7 @@ import httpx
 from lab import control, services
 from lab.layout import LabLayout
 from lab.monitoring import write_alertmanager_config, write_prometheus_config
-from lab.procs import free_port, pid_alive, spawn, stop_pid, wait_for, wait_port
+from lab.procs import free_port, pid_alive, port_free, spawn, stop_pid, wait_for, wait_port
 from phasegate.errors import LabError
 
 __all__ = ["UpOptions", "down", "load_state", "status", "up"]
@@ -50,6 +50,13 @@ class UpOptions:
     traffic_rate: float = 2.0
     history_days: int = 90
     vllm_load_seconds: float = 3.0
+
+    def __post_init__(self) -> None:
+        # Weekly trigger rules ("3 consecutive weeks") need at least three weeks of days.
+        if self.history_days < 21:
+            raise LabError(f"history_days must be >= 21 (got {self.history_days})")
+        if not self.gpus:
+            raise LabError("the lab needs at least one GPU host")
 
 
 def load_state(layout: LabLayout) -> dict[str, Any] | None:
@@ -90,7 +97,7 @@ def _ports(old: dict[str, Any] | None, names: list[str]) -> dict[str, int]:
     ports: dict[str, int] = {}
     for name in names:
         port = int(previous.get(name, 0))
-        ports[name] = port if port and _port_free(port) and port not in ports.values() else 0
+        ports[name] = port if port and port_free(port) and port not in ports.values() else 0
         while not ports[name] or list(ports.values()).count(ports[name]) > 1:
             ports[name] = free_port()
     return ports
@@ -106,19 +113,6 @@ def _recorded_vllm_ports(layout: LabLayout, hosts: list[str]) -> dict[str, int]:
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return found
-
-
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        # As the servers do: a port whose old connections sit in TIME_WAIT is reusable.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def up(layout: LabLayout, opts: UpOptions | None = None) -> dict[str, Any]:
@@ -252,7 +246,7 @@ def _prometheus(layout: LabLayout, state: _State, world: Any, opts: UpOptions) -
 
     ports = state.data["ports"]
     tsdb = layout.prometheus_dir / "data"
-    if not tsdb.exists() and opts.history_days > 0:
+    if not tsdb.exists():
         om = layout.prometheus_dir / "history.om"
         end = datetime.fromisoformat(state.data["world_anchor"]) - timedelta(minutes=1)
         labels = HistoryLabels.for_lab(ports, control.read_gpus(layout, "gpu-1"))

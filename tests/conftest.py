@@ -37,11 +37,31 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     finally:
         pids = [int(p) for p in doc["processes"].values()]
         pids += list(doc.get("containers", {}).values())
+        marks = [doc["dir"], doc["postgres"]["data_dir"]]
         down(layout, purge=True)
         from lab.procs import pid_alive
 
         left = [p for p in pids if pid_alive(p)]
         assert not left, f"lab down left processes behind: {left}"
+        assert not processes_mentioning(marks), processes_mentioning(marks)
+
+
+def processes_mentioning(marks: list[str]) -> list[str]:
+    """Live (non-zombie) processes whose command line contains one of `marks` (paths of a
+    lab): what `lab down` must not leave behind, grandchildren included."""
+    from lab.procs import pid_alive
+
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(m in cmd for m in marks) and pid_alive(int(proc.name)):
+            found.append(f"{proc.name}: {cmd[:160]}")
+    return found
 
 
 @pytest.fixture(scope="session")

@@ -154,3 +154,44 @@ def test_smoke_flow_runs_through_prefect(lab: dict[str, Any]) -> None:
 def test_lab_dir_is_self_contained(lab: dict[str, Any]) -> None:
     doc = json.loads((Path(lab["dir"]) / "lab.json").read_text())
     assert doc["ready_seconds"] > 0
+
+
+def _cli(lab: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "phasegate.cli", "lab", *args, "--dir",
+                           lab["dir"]], capture_output=True, text=True, timeout=60)
+
+
+def test_vllm_fault_commands_reach_the_simulator(lab: dict[str, Any]) -> None:
+    url = lab["vllm"]["url"]
+    body = {"model": "Llama-2-13b-chat-hf", "prompt": "hi", "max_tokens": 2}
+    assert _cli(lab, "fault", "vllm", "erroring", "--param", "rate=1").returncode == 0
+    try:
+        assert httpx.post(url + "/v1/completions", json=body, timeout=30).status_code == 500
+        assert _cli(lab, "fault", "vllm", "never-healthy").returncode == 0
+        assert httpx.get(url + "/health", timeout=5).status_code == 503
+    finally:
+        assert _cli(lab, "fault", "--clear").returncode == 0
+    assert httpx.get(url + "/health", timeout=5).status_code == 200
+    assert httpx.post(url + "/v1/completions", json=body, timeout=30).status_code == 200
+    bad = _cli(lab, "fault", "vllm", "melt")
+    assert bad.returncode == 1 and "unknown fault vllm:melt" in bad.stderr
+
+
+def test_traffic_command_sets_the_driver_rate(lab: dict[str, Any], lab_layout: Any) -> None:
+    assert _cli(lab, "traffic", "7.5").returncode == 0
+    try:
+        assert control.read_traffic_rate(lab_layout) == 7.5
+        assert _cli(lab, "traffic", "-1").returncode != 0
+    finally:
+        control.set_traffic_rate(lab_layout, 2.0)
+
+
+def test_lab_slack_block_delivers_to_the_receiver(lab: dict[str, Any], lab_layout: Any) -> None:
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    from lab.receiver import read_inbox
+
+    block = load_block(CustomWebhookNotificationBlock, "lab-slack")
+    block.notify("phase 1 -> 2 is due", subject="phasegate")
+    texts = [m["body"].get("text", "") for m in read_inbox(lab_layout, "slack")]
+    assert any("phase 1 -> 2 is due" in t for t in texts), texts

@@ -28,7 +28,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ from typing import Any
 
 from lab.control import read_gpus, write_json_atomic
 from lab.layout import LabLayout
+from lab.procs import free_port, port_free
 
 __all__ = ["IMAGE", "DockerError", "main", "run_command", "running_gpu_pids"]
 
@@ -395,29 +395,15 @@ def _random_name() -> str:
 # ----------------------------------------------------------------------------- run: start
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _publish(ports: list[dict[str, Any]], container_port: int, name: str) -> int:
     """The host port the vLLM server must bind; docker's error when it is taken."""
     match = [p for p in ports if p["container_port"] == container_port]
     if not match:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])  # unpublished: reachable only "inside"
+        return free_port()  # unpublished: reachable only "inside"
     if not match[0]["host_port"]:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            match[0]["host_port"] = int(s.getsockname()[1])
+        match[0]["host_port"] = free_port()
     port = int(match[0]["host_port"])
-    if not _port_free(port):
+    if not port_free(port):
         raise _run_error(f"Error response from daemon: driver failed programming external "
                          f"connectivity on endpoint {name}: Error starting userland proxy: "
                          f"listen tcp4 0.0.0.0:{port}: bind: address already in use.")
@@ -627,7 +613,7 @@ def _restart(layout: LabLayout, host: str, rec: dict[str, Any]) -> None:
             raise DockerError(exc.message.removeprefix("docker: ") + "\nError: failed to start "
                               f"containers: {cur['name']}", 1) from None
         port = int(cur["host_port"])
-        if not _port_free(port):
+        if not port_free(port):
             raise DockerError(f"Error response from daemon: driver failed programming external "
                               f"connectivity on endpoint {cur['name']}: Bind for 0.0.0.0:{port} "
                               f"failed: port is already allocated\nError: failed to start "
