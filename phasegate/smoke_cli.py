@@ -59,5 +59,6 @@ def _demo(args: argparse.Namespace) -> int:
           f"{doc.get('prefect', {}).get('api_url', '').removesuffix('/api')}")
     print("\nWhat the lab-smoke flow saw, through Prefect:\n")
     print(_table(run_smoke(args.dir)))
-    print(f"\nThe lab keeps running; stop it with: phasegate lab down --dir {layout.root}")
+    print(f"\nThe lab keeps running; stop it with: .venv/bin/phasegate lab down "
+          f"--dir {layout.root}")
     return 0
