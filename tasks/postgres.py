@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date, datetime
+
 import psycopg
 from prefect import task
 from psycopg import sql
@@ -10,7 +12,7 @@ from blocks.systems import PostgresConnection
 from phasegate.errors import SourceUnavailable
 from tasks.retrying import only_transient
 
-__all__ = ["MAIN_TABLES", "count_rows"]
+__all__ = ["MAIN_TABLES", "count_rows", "sql_day_rows"]
 
 MAIN_TABLES = ("users", "daily_active_users", "subscriptions", "payments", "feedback",
                "nps_responses")
@@ -26,3 +28,19 @@ def count_rows(pg: PostgresConnection, tables: tuple[str, ...] = MAIN_TABLES) ->
                 for t in tables}
     except psycopg.OperationalError as exc:
         raise SourceUnavailable(f"PostgreSQL {pg.host}:{pg.port}: {exc}") from exc
+
+
+@task(retries=2, retry_delay_seconds=[1, 3], retry_condition_fn=only_transient)
+def sql_day_rows(pg: PostgresConnection, query: str, start: datetime, end: datetime,
+                 tz: str) -> list[tuple[date, float | None]]:
+    """Run one of the plan's SQL conditions: rows (local day, value) for [start, end).
+
+    The query takes the named parameters start, end (timestamptz) and tz, and runs in a
+    read-only transaction: a condition can never change the business database."""
+    try:
+        with pg.get_connection() as conn:
+            conn.read_only = True
+            rows = conn.execute(query, {"start": start, "end": end, "tz": tz}).fetchall()
+    except psycopg.OperationalError as exc:
+        raise SourceUnavailable(f"PostgreSQL {pg.host}:{pg.port}: {exc}") from exc
+    return [(r[0], None if r[1] is None else float(r[1])) for r in rows]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from prefect import task
 
@@ -46,19 +46,37 @@ def query_instant(prom: PrometheusConnection, query: str) -> Measurement:
     return Measurement(query, value=float(result[0]["value"][1]))
 
 
+# Prometheus refuses a range query of more than 11,000 points per series.
+_MAX_POINTS = 10_000
+
+
 @task
 def query_range(prom: PrometheusConnection, query: str, start: datetime, end: datetime,
-                step: str) -> Measurement:
-    """Evaluate `query` over [start, end]; `points` are (epoch, value) of the single series
-    and `value` is the last point."""
-    try:
-        result = prom.get_client().custom_query_range(query=query, start_time=start,
-                                                      end_time=end, step=step)
-    except Exception as exc:  # noqa: BLE001
-        return Measurement(query, error=f"{type(exc).__name__}: {exc}")
-    if not result:
+                step: timedelta) -> Measurement:
+    """Evaluate `query` over [start, end] at `step`, in chunks Prometheus accepts; `points` are
+    (epoch, value) of the single series and `value` is the last point. Never raises."""
+    points: list[tuple[float, float]] = []
+    chunk = step * _MAX_POINTS
+    lo = start
+    while lo <= end:
+        hi = min(end, lo + chunk)
+        part = _range_chunk(prom, query, lo, hi, step)
+        if isinstance(part, Measurement):
+            return part  # an error or more than one series: the whole answer is that
+        points.extend(part)
+        lo = hi + step
+    if not points:
         return Measurement(query)
+    return Measurement(query, value=points[-1][1], points=tuple(points))
+
+
+def _range_chunk(prom: PrometheusConnection, query: str, start: datetime, end: datetime,
+                 step: timedelta) -> list[tuple[float, float]] | Measurement:
+    try:
+        result = prom.get_client().custom_query_range(
+            query=query, start_time=start, end_time=end, step=f"{int(step.total_seconds())}s")
+    except Exception as exc:  # noqa: BLE001 - any failure is an Error measurement
+        return Measurement(query, error=f"{type(exc).__name__}: {exc}")
     if len(result) > 1:
         return Measurement(query, error=f"{len(result)} series; aggregate to one")
-    points = tuple((float(t), float(v)) for t, v in result[0]["values"])
-    return Measurement(query, value=points[-1][1] if points else None, points=points)
+    return [(float(t), float(v)) for t, v in result[0]["values"]] if result else []
