@@ -14,12 +14,15 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every registered subcommand."""
     from phasegate.lab_cli import register as lab_commands
+    from phasegate.loadtest_cli import register as loadtest_commands
+    from phasegate.measure_cli import register as measure_commands
     from phasegate.plan_cli import register as plan_commands
     from phasegate.smoke_cli import register as smoke_commands
 
     parser = argparse.ArgumentParser(prog="phasegate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for register in (plan_commands, lab_commands, smoke_commands):
+    for register in (plan_commands, lab_commands, smoke_commands, measure_commands,
+                     loadtest_commands):
         register(sub)
     return parser
 

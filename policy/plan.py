@@ -15,7 +15,6 @@ other parts failed (phase numbering, transition end points). All of them arrive 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from datetime import time, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -37,6 +36,16 @@ from pydantic_core import PydanticCustomError
 
 from phasegate.errors import PlanError
 from policy.durations import format_duration, parse_duration
+from policy.loadtest.scenario import (
+    ConstantArrivalRate,
+    ConstantVus,
+    Options,
+    RampingArrivalRate,
+    RampingVus,
+    Scenario,
+    Stage,
+)
+from policy.loadtest.thresholds import threshold_problems as k6_threshold_problems
 from policy.promql import promql_problems
 
 __all__ = [
@@ -209,57 +218,6 @@ def _check_sql(query: str) -> str:
 SQL = Annotated[str, AfterValidator(_check_sql)]
 
 
-# ---------------------------------------------------------------- k6 thresholds
-
-_K6_METRIC = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_.]{0,127})(?:\{(?P<tags>[^{}]*)\})?")
-_K6_TAG = re.compile(r"\s*[A-Za-z_][A-Za-z0-9_.-]*\s*:\s*[^,{}\s][^,{}]*")
-_K6_EXPR = re.compile(
-    r"\s*(?P<agg>count|rate|value|avg|min|max|med|p\(\s*(?P<pct>\d+(?:\.\d+)?)\s*\))"
-    r"\s*(?:===|==|!=|>=|<=|>|<)\s*-?\d+(?:\.\d+)?\s*"
-)
-# Aggregations k6 accepts for its built-in metrics, by metric type; custom metrics are unchecked.
-_TREND = frozenset({"avg", "min", "max", "med", "p"})
-_K6_BUILTIN_AGGREGATIONS: dict[str, frozenset[str]] = {
-    **dict.fromkeys(("http_req_duration", "http_req_waiting", "http_req_connecting",
-                     "http_req_blocked", "http_req_sending", "http_req_receiving",
-                     "http_req_tls_handshaking", "iteration_duration"), _TREND),
-    **dict.fromkeys(("http_req_failed", "checks"), frozenset({"rate"})),
-    **dict.fromkeys(("http_reqs", "iterations", "data_sent", "data_received",
-                     "dropped_iterations"), frozenset({"count", "rate"})),
-    **dict.fromkeys(("vus", "vus_max"), frozenset({"value", "min", "max"})),
-}
-
-
-def _k6_metric_problems(key: str) -> list[str]:
-    match = _K6_METRIC.fullmatch(key)
-    if not match:
-        return [f"{key!r} is not a k6 metric name, optionally with {{tag:value}}"]
-    tags = match["tags"]
-    if tags is not None and not all(_K6_TAG.fullmatch(t) for t in tags.split(",")):
-        return [f"bad tag filter in {key!r}: write {{tag:value}} or {{tag:value,tag2:value2}}"]
-    return []
-
-
-def k6_threshold_problems(key: str, expressions: Iterable[str]) -> list[str]:
-    """Problems with one k6 threshold entry `key: [expressions]` as k6 writes it, e.g.
-    `http_req_duration{name:feedback}: ["p(95)<5000"]` or `errors: ["rate<0.01"]`.
-    """
-    problems = _k6_metric_problems(key)
-    base = key.split("{", 1)[0]
-    allowed = _K6_BUILTIN_AGGREGATIONS.get(base)
-    for expression in expressions:
-        match = _K6_EXPR.fullmatch(expression)
-        if not match:
-            problems.append(f"{expression!r} is not a k6 threshold (e.g. 'p(95)<500', "
-                            "'rate<0.01', 'avg<200', 'count<1')")
-        elif match["pct"] is not None and float(match["pct"]) > 100:
-            problems.append(f"{expression!r}: a percentile is at most 100")
-        elif allowed is not None and match["agg"].split("(")[0] not in allowed:
-            problems.append(f"{expression!r}: k6 metric {base} supports only "
-                            f"{', '.join(sorted(allowed))}")
-    return problems
-
-
 # ---------------------------------------------------------------- phases
 
 class PeakWindow(_Model):
@@ -377,73 +335,34 @@ class Redis(_Model):
     )
 
 
-class Stage(_Model):
-    """One k6 ramping stage: reach `target` VUs over `duration`."""
-
-    duration: Duration
-    target: NonNegativeInt
-
-
-class ConstantVus(_Model):
-    """k6 `constant-vus` executor."""
-
-    executor: Literal["constant-vus"]
-    vus: PositiveInt
-    duration: Duration
-
-    @property
-    def max_vus(self) -> int:
-        """The most VUs the scenario runs at once."""
-        return self.vus
-
-    @property
-    def total_duration(self) -> timedelta:
-        """How long the scenario runs."""
-        return self.duration
-
-
-class RampingVus(_Model):
-    """k6 `ramping-vus` executor."""
-
-    executor: Literal["ramping-vus"]
-    start_vus: NonNegativeInt = 0
-    stages: Annotated[list[Stage], Field(min_length=1)]
-
-    @property
-    def max_vus(self) -> int:
-        """The most VUs the scenario runs at once."""
-        return max([self.start_vus] + [s.target for s in self.stages])
-
-    @property
-    def total_duration(self) -> timedelta:
-        """How long the scenario runs."""
-        return sum((s.duration for s in self.stages), timedelta())
-
-    @model_validator(mode="after")
-    def _some_load(self) -> RampingVus:
-        if self.max_vus == 0:
-            _raise_problems([("stages", "no stage has a target above 0 VUs")])
-        return self
-
-
-Scenario = Annotated[ConstantVus | RampingVus, Field(discriminator="executor")]
-
-
 class LoadTest(_Model):
-    """A k6 load test for a phase: scenario, thresholds in k6's syntax, check names."""
+    """A k6 load test for a phase: scenario, thresholds in k6's syntax, check names.
+
+    The scenario and threshold models are the load-test engine's own (policy.loadtest), so a
+    plan's load test is exactly what the engine runs.
+    """
 
     scenario: Scenario
+    # Expressions only (no {threshold, abortOnFail} objects): plan_cli prints them joined.
     thresholds: dict[str, Annotated[list[str], Field(min_length=1)]] = Field(min_length=1)
     checks: list[Text] = []
 
-    @model_validator(mode="after")
-    def _thresholds(self) -> LoadTest:
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds(cls, thresholds: dict[str, list[str]]) -> dict[str, list[str]]:
+        # A field validator: reported even when the scenario has problems of its own.
         _raise_problems([
-            (f'thresholds["{key}"]', reason)
-            for key, expressions in self.thresholds.items()
-            for reason in k6_threshold_problems(key, expressions)
+            (f'["{key}"]', reason)
+            for key, entries in thresholds.items()
+            for reason in k6_threshold_problems(key, entries)
         ])
-        return self
+        return thresholds
+
+    def to_options(self, name: str) -> Options:
+        """The engine's options: this scenario under `name` (e.g. 'phase2') and the
+        thresholds."""
+        thresholds: dict[str, list[Any]] = {k: list(v) for k, v in self.thresholds.items()}
+        return Options(scenarios={name: self.scenario}, thresholds=thresholds)
 
 
 def _placement_problems(hosts: list[GpuHost], vllm: Vllm) -> Problems:
@@ -891,7 +810,8 @@ _TAGS = frozenset(
         (PromQLSource, "kind"), (SQLSource, "kind"), (ManualSource, "kind"),
         (ConsecutiveDays, "rule"), (ConsecutiveWeeks, "rule"), (Weekly, "rule"),
         (PeakWeek, "rule"), (Instant, "rule"), (ConstantVus, "executor"),
-        (RampingVus, "executor"),
+        (RampingVus, "executor"), (ConstantArrivalRate, "executor"),
+        (RampingArrivalRate, "executor"),
     )
 )
 _MESSAGES = {

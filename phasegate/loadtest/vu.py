@@ -1,0 +1,125 @@
+"""What one iteration of a journey sees: its VU's client, timed requests, checks, sleeps.
+
+Every sample goes to the run's `MetricStore` with tags built in a fixed order (scenario, the
+scenario's own tags, then name, method, status, expected_response), cached per combination
+because building tuples per request would cost more than recording them.
+
+Latency is measured from the INTENDED send time: the first request of an arrival-rate
+iteration from the moment the schedule said the iteration starts, and a request after
+`sleep(s)` from the moment the sleep should have ended. A generator that falls behind (event
+loop busy, timers late) therefore reports its own lateness as latency instead of hiding it,
+which is what "no coordinated omission" requires (wrk2's rule).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from phasegate.loadtest.http import ChunkSink, HttpClient, Response
+from policy.loadtest.metrics import MetricStore, Tags
+
+__all__ = ["Iteration", "Recorder", "Timed", "Vu"]
+
+_now = time.monotonic
+
+
+@dataclass
+class Recorder:
+    """The run's shared measurement state: the store, the clock origin, live counters."""
+
+    store: MetricStore
+    t0: float
+    requests: int = 0
+    failed: int = 0
+    iterations: int = 0
+    dropped: int = 0
+    _tags: dict[tuple[Any, ...], Tags] = field(default_factory=dict)
+
+    def t(self, when: float | None = None) -> float:
+        """Seconds since the run started (now, or at monotonic time `when`)."""
+        return (_now() if when is None else when) - self.t0
+
+    def tags(self, base: Tags, *extra: tuple[str, str]) -> Tags:
+        """`base` + `extra`, cached (the same few combinations repeat millions of times)."""
+        key = (base, extra)
+        found = self._tags.get(key)
+        if found is None:
+            found = self._tags[key] = base + extra
+        return found
+
+
+@dataclass(slots=True)
+class Vu:
+    """A virtual user: an id and its own keep-alive connection (as k6's VUs have)."""
+
+    id: int
+    client: HttpClient
+    iterations: int = 0
+
+
+@dataclass(slots=True)
+class Timed:
+    """A response with its latency as the engine recorded it (ms, from the intended time)."""
+
+    response: Response
+    duration_ms: float
+
+    @property
+    def status(self) -> int:
+        """HTTP status (0: no answer)."""
+        return self.response.status
+
+
+class Iteration:
+    """One run of a journey by one VU, starting at `intended` (monotonic seconds)."""
+
+    def __init__(self, rec: Recorder, vu: Vu, base_tags: Tags, intended: float,
+                 scale: float, env: dict[str, str]) -> None:
+        self.rec, self.vu, self.base_tags = rec, vu, base_tags
+        self.intended = intended
+        self.scale = scale
+        self.env = env
+        self._next_send: float | None = intended
+
+    async def request(self, method: str, path: str, body: bytes = b"", *, name: str = "",
+                      sink: ChunkSink | None = None, timeout_s: float | None = None) -> Timed:
+        """Send one request, record http_* samples, return it with its recorded latency."""
+        intended, self._next_send = self._next_send, None
+        r = await self.vu.client.request(method, path, body, sink=sink, timeout_s=timeout_s)
+        start = r.sent if intended is None else min(r.sent, intended)
+        duration_ms = (r.done - start) * 1000.0
+        self._record(r, method, name or path, duration_ms)
+        return Timed(r, duration_ms)
+
+    def _record(self, r: Response, method: str, name: str, duration_ms: float) -> None:
+        rec, add, t = self.rec, self.rec.store.add, self.rec.t(r.done)
+        ok = 200 <= r.status < 400
+        tags = rec.tags(self.base_tags, ("name", name), ("method", method),
+                        ("status", str(r.status)), ("expected_response", "true" if ok else "false"))
+        add("http_reqs", 1, t, tags)
+        add("http_req_duration", duration_ms, t, tags)
+        add("http_req_waiting", (r.first_byte - r.sent) * 1000.0, t, tags)
+        add("http_req_failed", 0 if ok else 1, t, tags)
+        add("data_sent", r.bytes_sent, t, tags)
+        add("data_received", r.bytes_received, t, tags)
+        rec.requests += 1
+        rec.failed += not ok
+
+    def check(self, name: str, ok: bool) -> bool:
+        """k6's check(): one `checks` sample tagged with the check's name; returns `ok`."""
+        self.rec.store.add("checks", 1 if ok else 0, self.rec.t(),
+                           self.rec.tags(self.base_tags, ("check", name)))
+        return ok
+
+    def add(self, metric: str, value: float, *extra: tuple[str, str]) -> None:
+        """A custom sample (errors, llm_*) with the scenario's tags plus `extra`."""
+        self.rec.store.add(metric, value, self.rec.t(), self.rec.tags(self.base_tags, *extra))
+
+    async def sleep(self, seconds: float) -> None:
+        """k6's sleep(), scaled; the next request's latency counts from when it should end."""
+        until = _now() + seconds * self.scale
+        self._next_send = until
+        await asyncio.sleep(max(0.0, until - _now()))

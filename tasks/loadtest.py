@@ -1,0 +1,134 @@
+"""The load-test stage of a phase transition, as a Prefect task.
+
+`run_load_test(phase=N | options={...}, target=URL, scale=F) -> summary dict` runs the engine
+(phasegate.loadtest.engine) and publishes three artifacts:
+
+- a progress artifact, updated about once a second while the test runs (percent of the
+  planned duration; the description is the live progress line);
+- a table artifact `load-test-<name>`: metric, avg, p95, p99 (or the rate / count) and the
+  thresholds' verdicts;
+- a table artifact `load-test-<name>-windows`: every threshold's verdict per time window, so
+  a 30 s spike inside a long run is visible even when the whole-run verdict passes.
+
+Never retried (retries=0): a load test is not idempotent in effect. It moves the very metrics
+the transition's watch and triggers read, it fills caches and queues, and a second run right
+after a failed one measures a different system; the caller decides whether to run it again.
+The summary's `exit_code` (0 pass, 99 threshold failed, 105 aborted) is the verdict; the task
+itself fails only when the test could not run at all (bad options, non-loopback target).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, cast
+from uuid import UUID
+
+from prefect import task
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+from phasegate.loadtest.engine import Progress, run
+from phasegate.loadtest.options import phase_options
+from policy.loadtest.scenario import Options, parse_options
+
+__all__ = ["run_load_test", "summary_rows", "window_rows"]
+
+
+class _ProgressPublisher:
+    """Takes the engine's progress callbacks (cheap: it keeps the latest) and updates the
+    artifact from its own thread, so a slow API call never stalls the load generator."""
+
+    def __init__(self, artifact_id: UUID, interval_s: float = 1.0) -> None:
+        self.artifact_id, self.interval_s = artifact_id, interval_s
+        self.latest: Progress | None = None
+        self._sent: Progress | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="loadtest-progress", daemon=True)
+
+    def __call__(self, progress: Progress) -> None:
+        self.latest = progress
+
+    def __enter__(self) -> _ProgressPublisher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._publish()
+
+    def _publish(self) -> None:
+        p = self.latest
+        if p is None or p is self._sent:
+            return
+        self._sent = p
+        percent = min(100.0, 100.0 * p.elapsed_s / p.total_s) if p.total_s > 0 else 0.0
+        update_progress_artifact(self.artifact_id, progress=percent, description=p.line())
+
+
+def _fmt(value: Any) -> str:
+    return "" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def summary_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
+    """One row per metric of a summary: avg/p95/p99 for trends, value or count otherwise,
+    and the metric's thresholds as `expr: pass|FAIL|no data`."""
+    rows = []
+    for name, stats in sorted(summary["metrics"].items()):
+        verdicts = [f"{expr}: {'no data' if v.get('no_data') else 'pass' if v['ok'] else 'FAIL'}"
+                    for expr, v in stats.get("thresholds", {}).items()]
+        value = stats.get("value", stats.get("count"))
+        rows.append({"metric": name, "avg": _fmt(stats.get("avg")),
+                     "p95": _fmt(stats.get("p(95)")), "p99": _fmt(stats.get("p(99)")),
+                     "value": _fmt(value), "thresholds": "; ".join(verdicts)})
+    return rows
+
+
+def window_rows(summary: dict[str, Any]) -> list[dict[str, str]]:
+    """One row per (threshold, window) of a summary's `windows`."""
+    return [{key: _fmt(value) for key, value in row.items()} for row in summary["windows"]]
+
+
+def _options(phase: int | None, options: dict[str, Any] | None,
+             plan_path: str | None) -> tuple[str, Options]:
+    if (phase is None) == (options is None):
+        raise ValueError("give exactly one of phase and options")
+    if phase is not None:
+        return f"phase-{phase}", phase_options(phase, plan_path)
+    parsed = parse_options(options)
+    return "-".join(parsed.scenarios)[:40].lower().replace("_", "-"), parsed
+
+
+@task(retries=0, task_run_name="load-test-{target}")
+def run_load_test(target: str, phase: int | None = None, options: dict[str, Any] | None = None,
+                  scale: float = 1.0, plan_path: str | None = None,
+                  window_s: float = 10.0) -> dict[str, Any]:
+    """Run the plan's phase-`phase` load test (or k6 `options`) against `target` (loopback
+    only), `scale` x its durations; return the summary dict with `exit_code` added.
+
+    Publishes the progress, summary and per-window artifacts (module docstring). Raises
+    PlanError / ConfigError / SafetyStop when the test cannot run.
+    """
+    name, opts = _options(phase, options, plan_path)
+    # Called from sync code, these return the UUID (the coroutine branch is for async callers).
+    artifact = cast(UUID, create_progress_artifact(0.0, key=f"load-test-{name}-progress",
+                                                   description=f"load test {name} starting"))
+    with _ProgressPublisher(artifact) as publisher:
+        result = run(opts, target, scale=scale, progress=publisher, window_s=window_s)
+    update_progress_artifact(artifact, progress=100.0,
+                             description=f"done: exit code {result.exit_code}")
+    summary = {**result.summary, "exit_code": result.exit_code}
+    create_table_artifact(summary_rows(summary), key=f"load-test-{name}",
+                          description=f"load test {name} against {target}: exit code "
+                          f"{result.exit_code}" + (f", aborted: {result.aborted}"
+                                                   if result.aborted else ""))
+    create_table_artifact(window_rows(summary) or [{"window": "none"}],
+                          key=f"load-test-{name}-windows",
+                          description=f"threshold verdicts per {window_s:g} s window")
+    return summary
