@@ -195,3 +195,29 @@ def test_lab_slack_block_delivers_to_the_receiver(lab: dict[str, Any], lab_layou
     block.notify("phase 1 -> 2 is due", subject="phasegate")
     texts = [m["body"].get("text", "") for m in read_inbox(lab_layout, "slack")]
     assert any("phase 1 -> 2 is due" in t for t in texts), texts
+
+
+def test_loadtest_against_the_lab_api_and_vllm(lab: dict[str, Any], tmp_path: Path) -> None:
+    summary = tmp_path / "summary.json"
+    base = [sys.executable, "-m", "phasegate.cli", "loadtest", "run", "--quiet"]
+    ok = subprocess.run([*base, "--target", lab["api"]["url"], "--executor",
+                         "constant-arrival-rate", "--rate", "50", "--duration", "2s",
+                         "--max-vus", "50", "--path", "/v1/questions?subject=math",
+                         "--threshold", "http_req_failed: rate<0.01",
+                         "--threshold", "dropped_iterations: count<1",
+                         "--summary", str(summary)], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-2000:]
+    doc = json.loads(summary.read_text())
+    assert 90 <= doc["metrics"]["http_reqs"]["count"] <= 110
+    llm = subprocess.run([*base, "--target", lab["vllm"]["url"], "--llm", "--executor",
+                          "constant-vus", "--vus", "4", "--duration", "2s", "--max-tokens", "8",
+                          "--model", "Llama-2-13b-chat-hf", "--threshold",
+                          "llm_errors: rate<0.01", "--summary", str(summary)],
+                         capture_output=True, text=True, timeout=120)
+    assert llm.returncode == 0, llm.stdout[-3000:] + llm.stderr[-2000:]
+    assert json.loads(summary.read_text())["metrics"]["llm_ttft"]["p(95)"] > 0
+    bad = subprocess.run([*base, "--target", lab["api"]["url"], "--executor", "constant-vus",
+                          "--vus", "2", "--duration", "1s", "--path", "/v1/questions",
+                          "--threshold", "http_req_duration: p(95)<0.001"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 99
