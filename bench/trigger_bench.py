@@ -77,7 +77,7 @@ def main() -> None:
     print(f"history: 90 days; now {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; runs: {args.runs}")
     print(f"{'what':<40} {'min s':>7} {'median s':>9} {'max s':>7}")
     for name, secs in rows:
-        print(f"{name:<40} {min(secs):>7.2f} {statistics.median(secs):>9.2f} {max(secs):>7.2f}")
+        print(f"{name:<40} {min(secs):>7.3f} {statistics.median(secs):>9.3f} {max(secs):>7.3f}")
 
 
 if __name__ == "__main__":

@@ -7,18 +7,20 @@ from typing import Any
 
 from prefect.blocks.core import Block
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
+from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from pydantic import SecretStr
 
 from blocks.systems import (
     GcpConnection,
     GpuHost,
+    HttpEndpoint,
     PostgresConnection,
     PrometheusConnection,
     RedisConnection,
 )
 
-__all__ = ["LAB_BLOCK_NAME", "lab_blocks", "save_lab_blocks"]
+__all__ = ["LAB_BLOCK_NAME", "TRANSITION_LIMIT", "lab_blocks", "save_lab_blocks"]
 
 LAB_BLOCK_NAME = "lab"
 
@@ -33,6 +35,7 @@ def lab_blocks(state: dict[str, Any]) -> dict[str, Block]:
             host=pg["host"], port=pg["port"], user=pg["user"], sslmode="disable"),
         LAB_BLOCK_NAME + "-redis": RedisConnection(host=r_host, port=int(r_port)),
         LAB_BLOCK_NAME + "-prometheus": PrometheusConnection(url=state["prometheus"]["url"]),
+        LAB_BLOCK_NAME + "-api": HttpEndpoint(url=state["api"]["url"]),
         LAB_BLOCK_NAME + "-gcp": GcpConnection(
             project=gcp["project"], region=gcp["region"], zone=gcp["zone"],
             cloud_run_service=gcp["cloud_run_service"].rsplit("/", 1)[1],
@@ -59,12 +62,18 @@ def gpu_host_block(h: dict[str, Any]) -> GpuHost:
                    vllm_port=int(h["vllm_port"]), models_dir=h["models_dir"])
 
 
+TRANSITION_LIMIT = "phase-transition"
+
+
 def save_lab_blocks(state: dict[str, Any]) -> list[str]:
-    """Save the lab's blocks to the lab's Prefect server; returns the names saved."""
+    """Save the lab's blocks to the lab's Prefect server, and make sure the global concurrency
+    limit that allows one phase transition at a time exists; returns the block names saved."""
     api_url = state["prefect"]["api_url"]
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
         names = []
         for name, block in lab_blocks(state).items():
             block.save(name, overwrite=True)
             names.append(name)
+        with get_client(sync_client=True) as client:
+            client.upsert_global_concurrency_limit_by_name(TRANSITION_LIMIT, 1)
     return names

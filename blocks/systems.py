@@ -23,7 +23,8 @@ from prometheus_api_client import PrometheusConnect
 from pydantic import Field, SecretStr
 from urllib3.util.retry import Retry
 
-__all__ = ["GcpConnection", "GpuHost", "PostgresConnection", "PrometheusConnection", "load_block",
+__all__ = ["GcpConnection", "GpuHost", "HttpEndpoint", "PostgresConnection",
+           "PrometheusConnection", "load_block",
            "RedisConnection"]
 
 
@@ -85,6 +86,14 @@ class PrometheusConnection(Block):
         # hide an outage for seconds; callers turn a failure into an Error measurement.
         return PrometheusConnect(url=self.url, headers=headers, disable_ssl=True,
                                  retry=Retry(total=0), timeout=self.timeout_s)
+
+
+class HttpEndpoint(Block):
+    """An HTTP service phasegate load-tests and watches (the API on Cloud Run)."""
+
+    _block_type_name = "phasegate HTTP endpoint"
+    url: str = Field(description="Base URL, e.g. https://api.example.com")
+    bearer_token: SecretStr | None = Field(default=None, description="Bearer token, if any.")
 
 
 class GpuHost(Block):

@@ -18,11 +18,12 @@ def build_parser() -> argparse.ArgumentParser:
     from phasegate.measure_cli import register as measure_commands
     from phasegate.plan_cli import register as plan_commands
     from phasegate.smoke_cli import register as smoke_commands
+    from phasegate.transition_cli import register as transition_commands
 
     parser = argparse.ArgumentParser(prog="phasegate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for register in (plan_commands, lab_commands, smoke_commands, measure_commands,
-                     loadtest_commands):
+                     loadtest_commands, transition_commands):
         register(sub)
     return parser
 

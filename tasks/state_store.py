@@ -6,13 +6,26 @@ appended to `audit_log`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
-__all__ = ["SCHEMA_SQL", "append_audit", "create_state_schema", "last_trigger_state",
-           "read_current_phase", "save_forecast", "save_trigger_evaluation"]
+from phasegate.errors import TransitionLocked
+
+__all__ = ["SCHEMA_SQL", "TRANSITION_LOCK_KEY", "Snapshot", "append_audit",
+           "create_state_schema", "last_trigger_state", "latest_snapshot", "list_approvals",
+           "read_current_phase", "record_approval", "save_forecast", "save_postmortem",
+           "save_snapshot", "save_trigger_evaluation", "set_phase", "transition_lock"]
+
+# pg_try_advisory_lock key of "a phase transition runs" (any fixed bigint; this one is
+# int.from_bytes(b"phasegat") so that it cannot collide with small ad-hoc keys).
+TRANSITION_LOCK_KEY = 0x7068617365676174
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS phase_state (
@@ -59,6 +72,29 @@ CREATE TABLE IF NOT EXISTS snapshots (
     phase       int NOT NULL,
     component   text NOT NULL,
     payload     jsonb NOT NULL
+);
+CREATE INDEX IF NOT EXISTS snapshots_component ON snapshots (component, at DESC);
+
+CREATE TABLE IF NOT EXISTS approvals (
+    id          bigserial PRIMARY KEY,
+    at          timestamptz NOT NULL DEFAULT now(),
+    flow_run_id text NOT NULL,
+    role        text NOT NULL,
+    name        text NOT NULL,
+    approved    boolean NOT NULL,
+    comment     text NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS approvals_run ON approvals (flow_run_id, at);
+
+CREATE TABLE IF NOT EXISTS postmortems (
+    id          bigserial PRIMARY KEY,
+    at          timestamptz NOT NULL DEFAULT now(),
+    flow_run_id text,
+    from_phase  int NOT NULL,
+    to_phase    int NOT NULL,
+    outcome     text NOT NULL,      -- e.g. succeeded | rolled-back | failed
+    markdown    text NOT NULL,
+    facts       jsonb NOT NULL
 );
 """
 
@@ -113,6 +149,104 @@ def save_forecast(conn: psycopg.Connection[Any], result: dict[str, Any],
     """Store one capacity forecast (JSON); returns its id."""
     row = conn.execute("INSERT INTO forecasts (flow_run_id, result) VALUES (%s, %s) RETURNING id",
                        (flow_run_id, Jsonb(result))).fetchone()
+    conn.commit()
+    assert row is not None
+    return int(row[0])
+
+
+@contextmanager
+def transition_lock(conn: psycopg.Connection[Any],
+                    key: int = TRANSITION_LOCK_KEY) -> Iterator[None]:
+    """Hold PostgreSQL's session advisory lock `key` for the duration of the block.
+
+    Non-blocking: raises TransitionLocked when another session holds it. `conn` should be
+    dedicated to the lock: the lock lives as long as its session, so a crashed flow releases
+    it with its connection. Released on exit, also when the block raises."""
+    got = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+    conn.commit()  # a session lock outlives the transaction; do not sit idle in one
+    if not (got and got[0]):
+        raise TransitionLocked("another phase transition holds the lock")
+    try:
+        yield
+    finally:
+        if not (conn.closed or conn.broken):  # a gone session released the lock already
+            if conn.info.transaction_status == TransactionStatus.INERROR:
+                conn.rollback()
+            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+            conn.commit()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The live state of one component, saved before a transition changed it."""
+
+    id: int
+    at: datetime
+    flow_run_id: str
+    phase: int
+    component: str
+    payload: dict[str, Any]
+
+
+def save_snapshot(conn: psycopg.Connection[Any], flow_run_id: str, phase: int, component: str,
+                  payload: dict[str, Any]) -> int:
+    """Store the state of `component` (e.g. "vllm:gpu-1", "cloud_run", "redis"); its id."""
+    row = conn.execute(
+        "INSERT INTO snapshots (flow_run_id, phase, component, payload) VALUES (%s, %s, %s, %s)"
+        " RETURNING id", (flow_run_id, phase, component, Jsonb(payload))).fetchone()
+    conn.commit()
+    assert row is not None
+    return int(row[0])
+
+
+def latest_snapshot(conn: psycopg.Connection[Any], component: str,
+                    flow_run_id: str | None = None) -> Snapshot | None:
+    """The newest snapshot of `component` (of one flow run when `flow_run_id` is given)."""
+    row = conn.execute(
+        "SELECT id, at, flow_run_id, phase, component, payload FROM snapshots"
+        " WHERE component = %s AND (%s::text IS NULL OR flow_run_id = %s)"
+        " ORDER BY at DESC, id DESC LIMIT 1", (component, flow_run_id, flow_run_id)).fetchone()
+    conn.commit()
+    return None if row is None else Snapshot(int(row[0]), row[1], row[2], int(row[3]), row[4],
+                                             dict(row[5]))
+
+
+def set_phase(conn: psycopg.Connection[Any], phase: int, by: str) -> None:
+    """Record that the system is now in `phase` (`by`: who or which flow run said so)."""
+    conn.execute("UPDATE phase_state SET phase = %s, updated_at = now(), updated_by = %s",
+                 (phase, by))
+    conn.commit()
+
+
+def record_approval(conn: psycopg.Connection[Any], flow_run_id: str, role: str, name: str,
+                    approved: bool, comment: str = "") -> int:
+    """Store one approval answer (a rejection or expiry is approved=False); its id."""
+    row = conn.execute(
+        "INSERT INTO approvals (flow_run_id, role, name, approved, comment)"
+        " VALUES (%s, %s, %s, %s, %s) RETURNING id",
+        (flow_run_id, role, name, approved, comment)).fetchone()
+    conn.commit()
+    assert row is not None
+    return int(row[0])
+
+
+def list_approvals(conn: psycopg.Connection[Any], flow_run_id: str) -> list[dict[str, Any]]:
+    """The approval answers of one flow run, oldest first."""
+    rows = conn.execute("SELECT at, role, name, approved, comment FROM approvals"
+                        " WHERE flow_run_id = %s ORDER BY at, id", (flow_run_id,)).fetchall()
+    conn.commit()
+    return [{"at": r[0], "role": r[1], "name": r[2], "approved": r[3], "comment": r[4]}
+            for r in rows]
+
+
+def save_postmortem(conn: psycopg.Connection[Any], flow_run_id: str | None, from_phase: int,
+                    to_phase: int, outcome: str, markdown: str,
+                    facts: dict[str, Any]) -> int:
+    """Store one postmortem (or incident report) with the facts it was rendered from."""
+    row = conn.execute(
+        "INSERT INTO postmortems (flow_run_id, from_phase, to_phase, outcome, markdown, facts)"
+        " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+        (flow_run_id, from_phase, to_phase, outcome, markdown, Jsonb(facts))).fetchone()
     conn.commit()
     assert row is not None
     return int(row[0])

@@ -1,0 +1,418 @@
+"""`phase-transition`: the seed's D-Day runbook as a flow, with approvals and automatic rollback.
+
+Runbook: guards (one step, one transition at a time, phase read from the state store) ->
+approvals (CTO and CFO, two people) -> snapshot of what will change -> verified backup -> GPU
+detection on every host -> vLLM redeploy (health + a real completion) -> Redis -> Cloud Run ->
+load test -> metric watch -> record the phase and write the postmortem. Any failure after the
+first change runs the compensation stack in reverse (vLLM, Cloud Run, Redis are restored and
+verified), marks the run Failed and writes an incident report. Decisions live in policy/.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
+from prefect.concurrency.sync import concurrency
+from prefect.runtime import flow_run
+
+from blocks.systems import (
+    GcpConnection,
+    GpuHost,
+    HttpEndpoint,
+    PostgresConnection,
+    PrometheusConnection,
+    RedisConnection,
+    load_block,
+)
+from flows.approvals import request_approvals
+from flows.sources import current_phase
+from phasegate.errors import (
+    PhasegateError,
+    PreconditionFailed,
+    SafetyStop,
+    TransitionLocked,
+    VerificationFailed,
+)
+from policy.durations import parse_duration
+from policy.plan import Plan, Watch, load_plan
+from policy.postmortem import PostmortemFacts, render_incident, render_postmortem
+from policy.transition import ChangeSet, ContainerSpec, check_step, plan_changes
+from policy.watch import WatchState, assess_value, progress, record, watch_verdict
+from tasks import state_store
+from tasks.backup import archive_models, backup_database
+from tasks.cloud_run import apply_service_settings, read_service_settings
+from tasks.gpu_hosts import (
+    container_spec,
+    detect_gpus,
+    remove_container,
+    run_container,
+    stop_container,
+    wait_vllm_ready,
+)
+from tasks.loadtest import run_load_test
+from tasks.notifications import send_notification
+from tasks.prometheus import query_instant
+from tasks.redis_cache import apply_memory_config, read_memory_config
+
+__all__ = ["phase_transition"]
+
+TRANSITION_LIMIT = "phase-transition"
+
+
+@dataclass
+class Run:
+    """What one transition run works with, and what it has done so far."""
+
+    plan: Plan
+    pg: PostgresConnection
+    prom: PrometheusConnection
+    redis: RedisConnection
+    gcp: GcpConnection
+    api: HttpEndpoint
+    hosts: dict[str, GpuHost]
+    notifications: str
+    run_id: str
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+    actions: list[tuple[str, str, str]] = field(default_factory=list)
+    undo: list[tuple[str, Callable[[], object]]] = field(default_factory=list)
+
+    def audit(self, action: str, **detail: Any) -> None:
+        """Append to the audit table (and the log)."""
+        get_run_logger().info("%s %s", action, detail or "")
+        with self.pg.get_connection(self.pg.state_database) as conn:
+            state_store.append_audit(conn, "phase-transition", action, detail, self.run_id)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time a stage into the timeline and the audit log; failures are recorded too."""
+        start = datetime.now(UTC)
+        self.audit(f"stage {name}: started")
+        outcome = "ok"
+        try:
+            yield
+        except BaseException as exc:
+            outcome = f"failed: {type(exc).__name__}: {exc}"
+            raise
+        finally:
+            self.timeline.append({"stage": name, "start": start, "end": datetime.now(UTC),
+                                  "outcome": outcome})
+            self.audit(f"stage {name}: {outcome}")
+
+
+def _connect(plan: Plan, prefix: str, notifications: str, phases: list[int]) -> Run:
+    hosts = {h.name for p in phases for h in plan.phase(p).gpu_hosts}
+    return Run(plan=plan, pg=load_block(PostgresConnection, f"{prefix}-postgres"),
+               prom=load_block(PrometheusConnection, f"{prefix}-prometheus"),
+               redis=load_block(RedisConnection, f"{prefix}-redis"),
+               gcp=load_block(GcpConnection, f"{prefix}-gcp"),
+               api=load_block(HttpEndpoint, f"{prefix}-api"),
+               hosts={h: load_block(GpuHost, f"{prefix}-{h}") for h in sorted(hosts)},
+               notifications=notifications, run_id=str(flow_run.get_id() or "local"))
+
+
+# ---------------------------------------------------------------- guards and approval
+
+
+@contextmanager
+def _one_at_a_time(run: Run) -> Iterator[None]:
+    """A Prefect global concurrency limit (strict) AND a PostgreSQL advisory lock: the second
+    transition is refused whatever Prefect is configured to do."""
+    try:
+        with concurrency(TRANSITION_LIMIT, occupy=1, timeout_seconds=2, strict=True), \
+                run.pg.get_connection(run.pg.state_database) as conn, \
+                state_store.transition_lock(conn):
+            yield
+    except TimeoutError as exc:
+        raise TransitionLocked("another phase transition is running (concurrency limit "
+                               f"'{TRANSITION_LIMIT}' is taken)") from exc
+
+
+def _evidence(run: Run, changes: ChangeSet, from_phase: int, to_phase: int) -> str:
+    lines = [f"# Phase {from_phase} -> {to_phase}: approval", "", "## What will change"]
+    lines += [f"- {line}" for line in changes.describe()]
+    with run.pg.get_connection(run.pg.state_database) as conn:
+        row = conn.execute("SELECT report->>'summary' FROM trigger_evaluations"
+                           " WHERE to_phase = %s ORDER BY id DESC LIMIT 1",
+                           (to_phase,)).fetchone()
+    lines += ["", "## Triggers", f"- {row[0] if row else 'no trigger evaluation recorded'}"]
+    return "\n".join(lines)
+
+
+def _record_answer(run: Run) -> Callable[[Any, Any], None]:
+    def record_(answer: Any, decision: Any) -> None:
+        with run.pg.get_connection(run.pg.state_database) as conn:
+            if answer is None:
+                state_store.record_approval(conn, run.run_id, ",".join(decision.missing),
+                                            "(nobody)", False, "expired")
+            else:
+                state_store.record_approval(conn, run.run_id, answer.role, answer.name,
+                                            answer.approved, answer.comment)
+        run.audit("approval", status=decision.status, message=decision.message,
+                  name=getattr(answer, "name", None), role=getattr(answer, "role", None))
+    return record_
+
+
+# ---------------------------------------------------------------- snapshot, backup, GPUs
+
+
+def _snapshot(run: Run, specs: list[ContainerSpec]) -> dict[str, Any]:
+    """The live state the transition changes, stored before any change."""
+    names = {(s.host, s.name) for s in specs}
+    containers = [c for c in (container_spec(run.hosts[h], n) for h, n in sorted(names)) if c]
+    snap = {"containers": containers, "cloud_run": read_service_settings(run.gcp),
+            "redis": read_memory_config(run.redis)}
+    with run.pg.get_connection(run.pg.state_database) as conn:
+        for component in ("containers", "cloud_run", "redis"):
+            state_store.save_snapshot(conn, run.run_id, 0, component, {"value": snap[component]})
+    return snap
+
+
+def _backup(run: Run, backup_dir: Path) -> None:
+    db = backup_database(run.pg, backup_dir)
+    run.audit("backup database", path=str(db.path), sha256=db.sha256, rows=db.row_counts)
+    for name, host in run.hosts.items():
+        archive = archive_models(host, host.models_dir, f"{host.models_dir}/../backup")
+        run.audit("backup models", host=name, path=archive.path, sha256=archive.sha256)
+
+
+def _check_gpus(run: Run, to_phase: int) -> None:
+    """Every host of the target phase has at least the GPUs the plan gives it."""
+    for planned in run.plan.phase(to_phase).gpu_hosts:
+        found = len(detect_gpus(run.hosts[planned.name]))
+        if found < planned.gpus:
+            raise PreconditionFailed(f"phase {to_phase} needs {planned.gpus} GPUs; "
+                                     f"{planned.name} has {found}")
+
+
+# ---------------------------------------------------------------- changes and their undo
+
+
+def _deploy(run: Run, old: list[dict[str, Any]], new: list[ContainerSpec]) -> None:
+    """Replace the old vLLM containers by the new ones; start first those whose GPUs are free
+    so the service keeps answering wherever the GPUs allow it."""
+    busy = {(c["host"], g) for c in old if c.get("running") for g in c.get("gpus", [])}
+    early = [s for s in new if not {(s.host, g) for g in s.gpus} & busy]
+    for spec in early:
+        run_container(run.hosts[spec.host], spec.docker_args())
+    keep = {(s.host, s.name) for s in early}
+    for c in old:
+        if (c["host"], c["name"]) not in keep:
+            stop_container(run.hosts[c["host"]], c["name"])
+            remove_container(run.hosts[c["host"]], c["name"])
+    for spec in new:
+        if (spec.host, spec.name) not in keep:
+            run_container(run.hosts[spec.host], spec.docker_args())
+    for spec in new:
+        host = run.hosts[spec.host]
+        wait_vllm_ready(f"http://{host.host}:{spec.host_port}", spec.served_model_name)
+
+
+def _redeploy_vllm(run: Run, changes: ChangeSet, snap: dict[str, Any]) -> None:
+    old = snap["containers"]
+    run.undo.append(("vLLM", lambda: _deploy(run, [_as_running(s) for s in changes.vllm_after],
+                                             [ContainerSpec.from_inspect(c) for c in old])))
+    _deploy(run, old, list(changes.vllm_after))
+    run.actions.append(("vLLM", changes.vllm_summary(before=True),
+                        changes.vllm_summary(before=False)))
+
+
+def _as_running(spec: ContainerSpec) -> dict[str, Any]:
+    return {"host": spec.host, "name": spec.name, "gpus": list(spec.gpus), "running": True}
+
+
+def _apply_redis(run: Run, changes: ChangeSet) -> None:
+    after = changes.redis_after
+    result = apply_memory_config(run.redis, after["maxmemory"], after["maxmemory_policy"])
+    before = result["before"]
+    run.undo.append(("Redis", lambda: apply_memory_config(
+        run.redis, before["maxmemory"], before["maxmemory_policy"])))
+    run.actions.append(("Redis", f"{before['maxmemory']} {before['maxmemory_policy']}",
+                        f"{after['maxmemory']} {after['maxmemory_policy']}"))
+
+
+def _apply_cloud_run(run: Run, changes: ChangeSet) -> None:
+    result = apply_service_settings(run.gcp, changes.cloud_run_after)
+    before = result["before"]
+    run.undo.append(("Cloud Run", lambda: apply_service_settings(run.gcp, before)))
+    run.actions.append(("Cloud Run", _fmt_run(before), _fmt_run(changes.cloud_run_after)))
+
+
+def _fmt_run(s: dict[str, Any]) -> str:
+    return f"min={s['min_instances']} max={s['max_instances']} {s['memory']}/{s['cpu']} CPU"
+
+
+def _rollback(run: Run, reason: str) -> list[str]:
+    """Undo every applied change, newest first (vLLM, Cloud Run, Redis in that order since they
+    were applied in reverse). Each undo verifies itself; one failing does not stop the rest."""
+    problems = []
+    for name, undo in reversed(run.undo):
+        try:
+            with run.stage(f"rollback {name}"):
+                undo()
+        except Exception as exc:  # noqa: BLE001 - keep restoring the rest, report all
+            problems.append(f"{name}: {exc}")
+    run.audit("rollback done", reason=reason, problems=problems)
+    return problems
+
+
+# ---------------------------------------------------------------- load test and watch
+
+
+def _load_test(run: Run, to_phase: int, scale: float) -> dict[str, Any]:
+    summary = run_load_test(phase=to_phase, target=run.api.url, scale=scale)
+    if summary["exit_code"] != 0:
+        failed = [k for k, v in summary.get("thresholds", {}).items() if not v.get("ok", True)]
+        raise VerificationFailed(f"load test failed (exit {summary['exit_code']}): "
+                                 f"{', '.join(failed) or summary.get('abort_reason')}")
+    return summary
+
+
+def _watch(run: Run, watch: Watch) -> WatchState:
+    """Measure every interval for the watch duration; stop at the first breached limit."""
+    state = WatchState.empty([m.name for m in watch.metrics])
+    artifact = create_progress_artifact(progress=0.0, key="transition-watch",
+                                        description="metric watch")
+    started = time.monotonic()
+    for _ in range(watch.measurements + 1):  # bounded by the plan, not by the clock alone
+        elapsed = time.monotonic() - started
+        for metric in watch.metrics:
+            m = query_instant(run.prom, metric.query)
+            state = record(state, metric.name, assess_value(metric, m.value, m.error),
+                           m.value, m.error, elapsed)
+        decision = watch_verdict(state, watch, elapsed)
+        update_progress_artifact(artifact_id=artifact,  # type: ignore[arg-type]
+                                 progress=progress(state, watch, elapsed)["percent"])
+        if decision.status != "running":
+            break
+        time.sleep(watch.interval.total_seconds())
+    run.audit("watch", verdict=decision.status, reason=decision.reason)
+    if decision.status != "successful":
+        raise VerificationFailed(f"metric watch {decision.status}: {decision.reason}")
+    return state
+
+
+# ---------------------------------------------------------------- the flow
+
+
+@flow(name="phase-transition", log_prints=True)
+def phase_transition(target_phase: int, plan_path: str | None = None, dry_run: bool = False,
+                     watch_duration: str | None = None, watch_interval: str | None = None,
+                     load_test_scale: float = 1.0, approval_timeout: str | None = None,
+                     approval_poll: str = "2s", prefix: str = "lab",
+                     notifications: str = "custom-webhook/lab-slack",
+                     reports_dir: str = "reports") -> dict[str, Any]:
+    """Move the system one phase up (or down) after approvals; roll back on any failure."""
+    plan = load_plan(plan_path)
+    pg = load_block(PostgresConnection, f"{prefix}-postgres")
+    current = current_phase(pg)
+    direction = check_step(current, target_phase, plan.phases)
+    run = _connect(plan, prefix, notifications, [current, target_phase])
+    run.audit("requested", current=current, target=target_phase, direction=direction,
+              dry_run=dry_run)
+    changes = plan_changes(plan, current, target_phase)
+    with _one_at_a_time(run):
+        if current_phase(pg) != current:  # re-read under the lock: someone moved first
+            raise SafetyStop(f"phase changed to {current_phase(pg)} meanwhile; run again")
+        timeout = parse_duration(approval_timeout) if approval_timeout else plan.approvals.timeout
+        with run.stage("approval"):
+            request_approvals(plan.approvals, _evidence(run, changes, current, target_phase),
+                              int(timeout.total_seconds()),
+                              int(parse_duration(approval_poll).total_seconds()),
+                              _record_answer(run))
+        if dry_run:
+            return {"outcome": "dry-run", "changes": changes.describe()}
+        watch = _watch_config(plan, current, target_phase, watch_duration, watch_interval)
+        return _execute(run, changes, current, target_phase, watch, load_test_scale,
+                        Path(reports_dir))
+
+
+def _watch_config(plan: Plan, current: int, target: int, duration: str | None,
+                  interval: str | None) -> Watch:
+    base = plan.transition(min(current, target), max(current, target)).watch
+    update: dict[str, Any] = {}
+    if duration:
+        update["duration"] = parse_duration(duration)
+    if interval:
+        update["interval"] = parse_duration(interval)
+    return base.model_copy(update=update)
+
+
+def _execute(run: Run, changes: ChangeSet, current: int, target: int, watch: Watch,
+             scale: float, reports: Path) -> dict[str, Any]:
+    before = _key_metrics(run)
+    with run.stage("snapshot"):
+        snap = _snapshot(run, [*changes.vllm_before, *changes.vllm_after])
+    with run.stage("backup"):
+        _backup(run, reports / "backups")
+    with run.stage("gpu detection"):
+        _check_gpus(run, target)
+    try:
+        with run.stage("vLLM redeploy"):
+            _redeploy_vllm(run, changes, snap)
+        with run.stage("Redis"):
+            _apply_redis(run, changes)
+        with run.stage("Cloud Run"):
+            _apply_cloud_run(run, changes)
+        with run.stage("load test"):
+            _load_test(run, target, scale)
+        with run.stage("metric watch"):
+            _watch(run, watch)
+    except (PhasegateError, Exception) as exc:
+        problems = _rollback(run, str(exc))
+        _report(run, current, target, before, reports, failure=str(exc), problems=problems)
+        send_notification(run.notifications, f"phase {current} -> {target} rolled back",
+                          f"reason: {exc}" + (f"\nrollback problems: {problems}"
+                                              if problems else ""))
+        raise
+    with run.pg.get_connection(run.pg.state_database) as conn:
+        state_store.set_phase(conn, target, f"phase-transition {run.run_id}")
+    md = _report(run, current, target, before, reports, failure=None, problems=[])
+    send_notification(run.notifications, f"phase {current} -> {target} done",
+                      md.splitlines()[0])
+    return {"outcome": "success", "phase": target, "actions": run.actions}
+
+
+def _key_metrics(run: Run) -> dict[str, float | None]:
+    """API p95 (ms), GPU utilisation (%), error rate (%) right now, for the postmortem."""
+    queries = {
+        "api_p95_ms": "1000 * histogram_quantile(0.95, sum by (le) "
+                      "(rate(http_request_duration_seconds_bucket[5m])))",
+        "gpu_util_pct": "avg(DCGM_FI_DEV_GPU_UTIL)",
+        "error_rate_pct": '100 * sum(rate(http_requests_total{status=~"5.."}[5m])) / '
+                          "sum(rate(http_requests_total[5m]))",
+    }
+    return {k: query_instant(run.prom, q).value for k, q in queries.items()}
+
+
+def _report(run: Run, current: int, target: int, before: dict[str, float | None],
+            reports: Path, failure: str | None, problems: list[str]) -> str:
+    after = _key_metrics(run)
+    facts = PostmortemFacts(
+        from_phase=current, to_phase=target, started=run.started, ended=datetime.now(UTC),
+        owner="phase-transition", triggered_conditions=[], actions=run.actions,
+        metrics={k: (before[k], after[k], k.rsplit("_", 1)[1]) for k in before},
+        cost_expected=run.plan.phase(target).monthly_cost_usd, cost_actual=None,
+        approvals=[], timeline=run.timeline, problems=problems, rollback_reason=failure)
+    md = render_incident(facts) if failure else render_postmortem(facts)
+    create_markdown_artifact(key="transition-postmortem" if not failure else "transition-incident",
+                             markdown=md)
+    reports.mkdir(parents=True, exist_ok=True)
+    kind = "incident" if failure else "postmortem"
+    (reports / f"{kind}-{current}-to-{target}-{run.run_id}.md").write_text(md)
+    with run.pg.get_connection(run.pg.state_database) as conn:
+        state_store.save_postmortem(conn, run.run_id, current, target,
+                                    "rolled_back" if failure else "success", md, {})
+    return md

@@ -1,0 +1,293 @@
+"""The tasks a phase transition changes the world with, against the running lab: backups,
+docker over SSH, vLLM readiness, Redis and Cloud Run settings, the state store's lock and
+snapshots. Every test leaves the shared session lab exactly as it found it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+
+from blocks.lab import gpu_host_block
+from blocks.systems import GcpConnection, GpuHost, PostgresConnection, RedisConnection, load_block
+from lab import control
+from lab.procs import free_port
+from lab.supervisor import phase1_vllm_args
+from phasegate.errors import (
+    PreconditionFailed,
+    RemoteTimeout,
+    SourceUnavailable,
+    TransitionLocked,
+)
+from tasks.backup import _scratch_database, archive_models, backup_database, sha256_file
+from tasks.cloud_run import apply_service_settings, read_service_settings
+from tasks.gpu_hosts import (
+    container_spec,
+    parse_run_argv,
+    remove_container,
+    run_argv_from_spec,
+    run_container,
+    stop_container,
+    wait_vllm_ready,
+)
+from tasks.postgres import count_rows
+from tasks.redis_cache import apply_memory_config, read_memory_config
+from tasks.state_store import (
+    create_state_schema,
+    latest_snapshot,
+    list_approvals,
+    record_approval,
+    save_postmortem,
+    save_snapshot,
+    transition_lock,
+)
+
+pytestmark = pytest.mark.lab
+
+MODEL = "Llama-2-13b-chat-hf"
+PHASE1_CLOUD_RUN = {"min_instances": 0, "max_instances": 3, "max_concurrency": 80,
+                    "timeout_s": 300.0, "cpu": "1", "memory": "2Gi"}
+
+
+def _host(lab: dict[str, Any], name: str) -> GpuHost:
+    return gpu_host_block(next(h for h in lab["gpu_hosts"] if h["name"] == name))
+
+
+def _verify_databases(pg: PostgresConnection) -> list[str]:
+    with pg.get_connection() as conn:
+        rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                            ("%\\_verify\\_%",)).fetchall()
+    return [r[0] for r in rows]
+
+
+# ----------------------------------------------------------------------------- backups
+
+
+def test_database_backup_is_restored_counted_and_checksummed(lab: dict[str, Any],
+                                                             tmp_path: Path) -> None:
+    pg = load_block(PostgresConnection, "lab-postgres")
+    backup = backup_database.fn(pg, tmp_path / "backups")
+    dump = Path(backup.path)
+    assert dump.parent == tmp_path / "backups" and dump.stat().st_size == backup.bytes > 0
+    assert sha256_file(dump) == backup.sha256
+    assert backup.sha256 == hashlib.sha256(dump.read_bytes()).hexdigest()
+    assert backup.row_counts == count_rows.fn(pg) and all(backup.row_counts.values())
+    assert backup.verified_in.startswith("dreamseed_verify_")
+    assert _verify_databases(pg) == []
+
+
+def test_failed_backup_raises_and_leaves_no_scratch_database(lab: dict[str, Any],
+                                                             tmp_path: Path) -> None:
+    pg = load_block(PostgresConnection, "lab-postgres")
+    missing = pg.model_copy(update={"app_database": "no_such_database"})
+    # Unreachable is transient (the task retries once: each attempt writes a new file).
+    with pytest.raises(SourceUnavailable, match="does not exist"):
+        backup_database.fn(missing, tmp_path)
+    assert list(tmp_path.iterdir()) == []  # no half-written dump passes for a backup
+    # The scratch database is dropped even when verification fails midway.
+    with pytest.raises(RuntimeError, match="midway"), _scratch_database(pg, "dreamseed_verify_t"):
+        assert _verify_databases(pg) == ["dreamseed_verify_t"]
+        raise RuntimeError("midway")
+    assert _verify_databases(pg) == []
+
+
+def test_model_archive_over_ssh_and_the_free_space_refusal(lab: dict[str, Any],
+                                                           tmp_path: Path) -> None:
+    host = _host(lab, "gpu-1")
+    dest = tmp_path / "backup"
+    first = archive_models.fn(host, host.models_dir, str(dest), archive_name="models.tar.gz")
+    local = dest / "models.tar.gz"
+    assert first.path == str(local) and not first.reused
+    assert first.bytes == local.stat().st_size > 0 and first.sha256 == sha256_file(local)
+    assert first.free_bytes > first.source_bytes > 0
+    again = archive_models.fn(host, host.models_dir, str(dest), archive_name="models.tar.gz")
+    assert again.reused and again.sha256 == first.sha256
+    # An honest shortage: the real df/du numbers against a requirement no disk meets.
+    with pytest.raises(PreconditionFailed, match="bytes free"):
+        archive_models.fn(host, host.models_dir, str(dest), archive_name="big.tar.gz",
+                          required_factor=1e12)
+    assert sorted(p.name for p in dest.iterdir()) == ["models.tar.gz"]
+
+
+# ----------------------------------------------------------------------------- containers
+
+
+@pytest.fixture
+def gpu2(lab: dict[str, Any], lab_layout: Any) -> Iterator[GpuHost]:
+    """gpu-2 with two GPUs for the test; back to none (and no test containers) after."""
+    before = len(control.read_gpus(lab_layout, "gpu-2"))
+    control.set_gpu_count(lab_layout, "gpu-2", 2)
+    host = _host(lab, "gpu-2")
+    try:
+        yield host
+    finally:
+        for name in ("phasegate-test-vllm",):
+            remove_container.fn(host, name)
+        control.set_gpu_count(lab_layout, "gpu-2", before)
+
+
+def _argv(port: int, devices: str, tp: int) -> list[str]:
+    argv = ["run", *phase1_vllm_args(port)]
+    argv[argv.index("--name") + 1] = "phasegate-test-vllm"
+    argv[argv.index("--gpus") + 1] = f'"device={devices}"'
+    argv[argv.index("--tensor-parallel-size") + 1] = str(tp)
+    return argv
+
+
+def test_container_lifecycle_is_idempotent_over_ssh(gpu2: GpuHost) -> None:
+    port, name = free_port(), "phasegate-test-vllm"
+    assert container_spec.fn(gpu2, name) is None
+    tp2 = _argv(port, "0,1", 2)
+    started = run_container.fn(gpu2, tp2)
+    assert started["action"] == "started" and started["replaced"] is None
+    spec = started["spec"]
+    assert (spec["gpus"], spec["host_port"], spec["running"]) == ([0, 1], port, True)
+    assert spec["args"][spec["args"].index("--tensor-parallel-size") + 1] == "2"
+    assert parse_run_argv(run_argv_from_spec(spec)) == parse_run_argv(tp2)
+    ready = wait_vllm_ready.fn(f"http://127.0.0.1:{port}", MODEL, timeout_s=30, interval_s=0.2)
+    assert ready["completion"]["text"] and ready["polls"] >= 1
+
+    assert run_container.fn(gpu2, tp2)["action"] == "unchanged"
+    tp1 = _argv(port, "0", 1)
+    replaced = run_container.fn(gpu2, tp1)
+    assert replaced["action"] == "replaced" and replaced["replaced"] == "differs in args, gpus"
+    assert replaced["spec"]["gpus"] == [0]
+
+    assert stop_container.fn(gpu2, name)["action"] == "stopped"
+    assert stop_container.fn(gpu2, name)["action"] == "already-stopped"
+    assert container_spec.fn(gpu2, name)["running"] is False  # type: ignore[index]
+    assert run_container.fn(gpu2, tp1)["replaced"] == "was stopped"
+
+    assert remove_container.fn(gpu2, name)["action"] == "removed"
+    assert remove_container.fn(gpu2, name)["action"] == "absent"
+    assert stop_container.fn(gpu2, name)["action"] == "absent"
+    assert container_spec.fn(gpu2, name) is None
+
+
+def test_wait_vllm_ready_succeeds_and_times_out_with_the_last_status(
+        lab: dict[str, Any], lab_layout: Any) -> None:
+    url = lab["vllm"]["url"]
+    assert wait_vllm_ready.fn(url, MODEL, timeout_s=10, interval_s=0.2)["polls"] == 1
+    before = control.read_faults(lab_layout)
+    control.set_fault(lab_layout, "vllm", "never-healthy")
+    try:
+        started = time.monotonic()
+        with pytest.raises(RemoteTimeout, match="last /health status 503"):
+            wait_vllm_ready.fn(url, MODEL, timeout_s=1.0, interval_s=0.2)
+        assert time.monotonic() - started < 3
+    finally:
+        control.write_json_atomic(lab_layout.faults_file, before)
+    assert wait_vllm_ready.fn(url, MODEL, timeout_s=10, interval_s=0.2)["completion"]
+
+
+# ----------------------------------------------------------------------------- Redis, Cloud Run
+
+
+def test_redis_memory_config_is_applied_verified_and_idempotent(lab: dict[str, Any]) -> None:
+    rc = load_block(RedisConnection, "lab-redis")
+    original = read_memory_config.fn(rc)
+    try:
+        first = apply_memory_config.fn(rc, 6 * 1024**3, "allkeys-lfu")
+        assert first["changed"] == ["maxmemory", "maxmemory_policy"]
+        assert first["before"]["maxmemory"] == original["maxmemory"]
+        raw = redis.Redis.from_url(lab["redis"]["url"], decode_responses=True)
+        cfg = raw.config_get("maxmemory*")
+        assert (cfg["maxmemory"], cfg["maxmemory-policy"]) == (str(6 * 1024**3), "allkeys-lfu")
+        second = apply_memory_config.fn(rc, 6 * 1024**3, "allkeys-lfu")
+        assert second["changed"] == [] and second["after"] == first["after"]
+        with pytest.raises(PreconditionFailed, match="refused"):
+            apply_memory_config.fn(rc, 6 * 1024**3, "keep-everything")
+    finally:
+        apply_memory_config.fn(rc, original["maxmemory"], original["maxmemory_policy"])
+    assert read_memory_config.fn(rc)["maxmemory"] == original["maxmemory"]
+
+
+def _fields(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: settings[k] for k in PHASE1_CLOUD_RUN}
+
+
+def test_cloud_run_settings_are_applied_read_back_and_idempotent(lab: dict[str, Any]) -> None:
+    gcp = load_block(GcpConnection, "lab-gcp")
+    original = _fields(read_service_settings.fn(gcp))
+    assert original == PHASE1_CLOUD_RUN
+    target = {"min_instances": 1, "max_instances": 10, "max_concurrency": 100,
+              "timeout_s": 600, "cpu": "2", "memory": "4Gi"}
+    try:
+        first = apply_service_settings.fn(gcp, target)
+        assert sorted(first["changed"]) == sorted(target)
+        assert first["mask"] == ["template.containers", "template.max_instance_request_concurrency",
+                                 "template.scaling.max_instance_count",
+                                 "template.scaling.min_instance_count", "template.timeout"]
+        assert _fields(first["after"]) == {**target, "timeout_s": 600.0}
+        second = apply_service_settings.fn(gcp, target)
+        assert second["changed"] == [] and second["mask"] == []
+        assert second["after"]["generation"] == first["after"]["generation"]
+        with pytest.raises(PreconditionFailed, match="refused"):  # 400: over 32Gi
+            apply_service_settings.fn(gcp, {"memory": "64Gi", "cpu": "8"})
+    finally:
+        # min_instances 0 is the proto3 case: absent from the body, cleared by the mask.
+        restored = apply_service_settings.fn(gcp, original)
+    assert _fields(restored["after"]) == PHASE1_CLOUD_RUN
+
+
+# ----------------------------------------------------------------------------- state store
+
+
+def test_transition_lock_refuses_a_second_holder(lab: dict[str, Any]) -> None:
+    dsn = lab["postgres"]["state_dsn"]
+    with psycopg.connect(dsn) as first, psycopg.connect(dsn) as second:
+        with transition_lock(first):
+            with pytest.raises(TransitionLocked, match="another phase transition holds"), \
+                    transition_lock(second):
+                pass
+            # A concurrent attempt from another thread is refused the same way.
+            seen: list[BaseException] = []
+
+            def attempt() -> None:
+                try:
+                    with psycopg.connect(dsn) as conn, transition_lock(conn):
+                        pass
+                except TransitionLocked as exc:
+                    seen.append(exc)
+            worker = threading.Thread(target=attempt)
+            worker.start()
+            worker.join(10)
+            assert len(seen) == 1
+        with pytest.raises(ValueError, match="boom"), transition_lock(first):
+            raise ValueError("boom")
+        with transition_lock(second):  # released on exit, also after the error
+            pass
+
+
+def test_snapshots_approvals_and_postmortems_round_trip(lab: dict[str, Any]) -> None:
+    run_id = f"test-{uuid.uuid4()}"
+    payload = {"name": "vllm-server", "gpus": "all", "args": ["--model", "/models/x"]}
+    with psycopg.connect(lab["postgres"]["state_dsn"]) as conn:
+        create_state_schema(conn)
+        assert latest_snapshot(conn, f"vllm:{run_id}") is None
+        save_snapshot(conn, run_id, 1, f"vllm:{run_id}", {"old": True})
+        sid = save_snapshot(conn, run_id, 1, f"vllm:{run_id}", payload)
+        snap = latest_snapshot(conn, f"vllm:{run_id}", flow_run_id=run_id)
+        assert snap is not None and (snap.id, snap.phase, snap.payload) == (sid, 1, payload)
+        assert latest_snapshot(conn, f"vllm:{run_id}", flow_run_id="other") is None
+        record_approval(conn, run_id, "CTO", "Kim", True, "ok")
+        record_approval(conn, run_id, "CFO", "Lee", False, "too soon")
+        assert [(a["role"], a["approved"]) for a in list_approvals(conn, run_id)] == \
+            [("CTO", True), ("CFO", False)]
+        pid = save_postmortem(conn, run_id, 1, 2, "rolled-back", "# x", {"reason": "p95"})
+        row = conn.execute("SELECT outcome, facts FROM postmortems WHERE id = %s",
+                           (pid,)).fetchone()
+        assert row is not None and (row[0], row[1]) == ("rolled-back", {"reason": "p95"})
+        for table in ("snapshots", "approvals", "postmortems"):  # leave no test rows behind
+            conn.execute(f"DELETE FROM {table} WHERE flow_run_id = %s", (run_id,))  # noqa: S608
+        conn.commit()
+    assert json.dumps(payload)
