@@ -57,6 +57,7 @@ from tasks.gpu_hosts import (
     container_spec,
     detect_gpus,
     remove_container,
+    run_argv_from_spec,
     run_container,
     stop_container,
     wait_vllm_ready,
@@ -65,6 +66,7 @@ from tasks.loadtest import run_load_test
 from tasks.notifications import send_notification
 from tasks.prometheus import query_instant
 from tasks.redis_cache import apply_memory_config, read_memory_config
+from tasks.vllm import queue_depth
 
 __all__ = ["phase_transition"]
 
@@ -200,37 +202,63 @@ def _check_gpus(run: Run, to_phase: int) -> None:
 # ---------------------------------------------------------------- changes and their undo
 
 
-def _deploy(run: Run, old: list[dict[str, Any]], new: list[ContainerSpec]) -> None:
-    """Replace the old vLLM containers by the new ones; start first those whose GPUs are free
-    so the service keeps answering wherever the GPUs allow it."""
-    busy = {(c["host"], g) for c in old if c.get("running") for g in c.get("gpus", [])}
-    early = [s for s in new if not {(s.host, g) for g in s.gpus} & busy]
-    for spec in early:
-        run_container(run.hosts[spec.host], spec.docker_args())
-    keep = {(s.host, s.name) for s in early}
-    for c in old:
-        if (c["host"], c["name"]) not in keep:
-            stop_container(run.hosts[c["host"]], c["name"])
-            remove_container(run.hosts[c["host"]], c["name"])
-    for spec in new:
-        if (spec.host, spec.name) not in keep:
-            run_container(run.hosts[spec.host], spec.docker_args())
-    for spec in new:
-        host = run.hosts[spec.host]
-        wait_vllm_ready(f"http://{host.host}:{spec.host_port}", spec.served_model_name)
+@dataclass(frozen=True)
+class _Target:
+    """A vLLM container to have running: where, on which GPUs, how to start it."""
+
+    host: str
+    name: str
+    gpus: list[int] | str          # device indices, or "all" (as the phase-1 host runs it)
+    argv: list[str]
+    port: int
+    model: str
+
+    @classmethod
+    def planned(cls, spec: ContainerSpec) -> _Target:
+        """From the plan (policy.transition)."""
+        return cls(spec.host, spec.name, list(spec.gpus), spec.docker_args(), spec.host_port,
+                   spec.served_model_name)
+
+    @classmethod
+    def recorded(cls, c: dict[str, Any]) -> _Target:
+        """From a snapshot (docker inspect): recreated exactly as it ran."""
+        args = list(c["args"])
+        opts = dict(zip(args[::2], args[1::2], strict=False))
+        model = opts.get("--served-model-name") or opts.get("--model", "")
+        return cls(c["host"], c["name"], c["gpus"], run_argv_from_spec(c), int(c["host_port"]),
+                   model)
+
+
+def _overlaps(a: list[int] | str, b: list[int] | str) -> bool:
+    return isinstance(a, str) or isinstance(b, str) or bool(set(a) & set(b))
+
+
+def _deploy(run: Run, old: list[_Target], new: list[_Target]) -> None:
+    """Replace the old vLLM containers by the new ones. New containers whose GPUs no old one
+    holds start first, so the service keeps answering wherever the GPUs allow it."""
+    early = [n for n in new if not any(o.host == n.host and _overlaps(o.gpus, n.gpus)
+                                       for o in old)]
+    for t in early:
+        run_container(run.hosts[t.host], t.argv)
+    keep = {(t.host, t.name) for t in early}
+    for o in old:
+        if (o.host, o.name) not in keep:
+            stop_container(run.hosts[o.host], o.name)
+            remove_container(run.hosts[o.host], o.name)
+    for t in new:
+        if (t.host, t.name) not in keep:
+            run_container(run.hosts[t.host], t.argv)
+    for t in new:
+        wait_vllm_ready(f"http://{run.hosts[t.host].host}:{t.port}", t.model)
 
 
 def _redeploy_vllm(run: Run, changes: ChangeSet, snap: dict[str, Any]) -> None:
-    old = snap["containers"]
-    run.undo.append(("vLLM", lambda: _deploy(run, [_as_running(s) for s in changes.vllm_after],
-                                             [ContainerSpec.from_inspect(c) for c in old])))
-    _deploy(run, old, list(changes.vllm_after))
+    old = [_Target.recorded(c) for c in snap["containers"]]
+    new = [_Target.planned(s) for s in changes.vllm_after]
+    run.undo.append(("vLLM", lambda: _deploy(run, new, old)))
+    _deploy(run, old, new)
     run.actions.append(("vLLM", changes.vllm_summary(before=True),
                         changes.vllm_summary(before=False)))
-
-
-def _as_running(spec: ContainerSpec) -> dict[str, Any]:
-    return {"host": spec.host, "name": spec.name, "gpus": list(spec.gpus), "running": True}
 
 
 def _apply_redis(run: Run, changes: ChangeSet) -> None:
@@ -280,6 +308,20 @@ def _load_test(run: Run, to_phase: int, scale: float) -> dict[str, Any]:
     return summary
 
 
+def _settle(run: Run, changes: ChangeSet, timeout_s: float = 120.0) -> None:
+    """Wait (bounded) until the load test's backlog has drained from every vLLM server, so the
+    watch measures the service under its own traffic, not the load test's tail."""
+    urls = [f"http://{run.hosts[s.host].host}:{s.host_port}" for s in changes.vllm_after]
+    deadline = time.monotonic() + timeout_s
+    depths: list[int | None] = []
+    while time.monotonic() < deadline:
+        depths = [queue_depth(u) for u in urls]
+        if all(d is not None and d <= 2 for d in depths):
+            return
+        time.sleep(1.0)
+    run.audit("settle: backlog still present, watching anyway", depths=depths)
+
+
 def _watch(run: Run, watch: Watch) -> WatchState:
     """Measure every interval for the watch duration; stop at the first breached limit."""
     state = WatchState.empty([m.name for m in watch.metrics])
@@ -322,7 +364,8 @@ def phase_transition(target_phase: int, plan_path: str | None = None, dry_run: b
     run = _connect(plan, prefix, notifications, [current, target_phase])
     run.audit("requested", current=current, target=target_phase, direction=direction,
               dry_run=dry_run)
-    changes = plan_changes(plan, current, target_phase)
+    changes = plan_changes(plan, current, target_phase,
+                           {name: host.vllm_port for name, host in run.hosts.items()})
     with _one_at_a_time(run):
         if current_phase(pg) != current:  # re-read under the lock: someone moved first
             raise SafetyStop(f"phase changed to {current_phase(pg)} meanwhile; run again")
@@ -369,6 +412,7 @@ def _execute(run: Run, changes: ChangeSet, current: int, target: int, watch: Wat
         with run.stage("load test"):
             _load_test(run, target, scale)
         with run.stage("metric watch"):
+            _settle(run, changes)
             _watch(run, watch)
     except (PhasegateError, Exception) as exc:
         problems = _rollback(run, str(exc))

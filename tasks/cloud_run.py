@@ -54,7 +54,9 @@ def read_service_settings(gcp: GcpConnection) -> dict[str, Any]:
 
 
 def _normalized(settings: dict[str, Any]) -> dict[str, Any]:
-    """Requested settings in the types read back (ints, float seconds, text)."""
+    """Requested settings in the types read back (ints, float seconds, text); the metadata of
+    a `read_service_settings` result (etag, generation) is ignored, so one can be restored."""
+    settings = {k: v for k, v in settings.items() if k not in ("etag", "generation")}
     unknown = set(settings) - set(SETTING_MASKS)
     if unknown:
         raise ConfigError(f"unknown Cloud Run settings {sorted(unknown)}; known: "
@@ -98,7 +100,8 @@ def _update(gcp: GcpConnection, client: run_v2.ServicesClient, svc: run_v2.Servi
 @task(retries=2, retry_delay_seconds=[1, 3], retry_condition_fn=only_transient)
 def apply_service_settings(gcp: GcpConnection, settings: dict[str, Any],
                            timeout_s: float = 300.0) -> dict[str, Any]:
-    """Make the Cloud Run service's settings (keys of SETTING_MASKS, any subset) as given.
+    """Make the Cloud Run service's settings (keys of SETTING_MASKS, any subset; a
+    `read_service_settings` result or this task's `before` restores them) as given.
 
     Reads first; when every field already matches nothing is sent. Otherwise one
     update_service with an update mask of only the changed fields, waits for the rollout (at

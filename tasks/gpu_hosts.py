@@ -174,15 +174,18 @@ def _inspect(host: GpuHost, name: str) -> dict[str, Any] | None:
         raise RemoteCommandFailed(host.name, shlex.join(["docker", "inspect", name]),
                                   result.exit_status, result.stderr)
     objs = json.loads(result.stdout)
-    return _spec_from_inspect(objs[0]) if objs else None
+    return {"host": host.name, **_spec_from_inspect(objs[0])} if objs else None
 
 
 @task(retries=2, retry_delay_seconds=[1, 3], retry_condition_fn=only_transient)
 def container_spec(host: GpuHost, name: str) -> dict[str, Any] | None:
-    """What container `name` on `host` is (from `docker inspect`): {name, image, args, gpus,
-    host_port, running, restart, volumes}, or None when no such container exists.
+    """What container `name` on `host` is (from `docker inspect`): {host (the Block's name),
+    name, image, args, gpus, host_port, running, restart, volumes}, or None when no such
+    container exists.
 
-    `gpus` is a list of device indices, "all", "count=N" or None."""
+    `gpus` is a list of device indices, or "all" / "count=N" when the container was started
+    that way (inspect cannot say which devices those were), or None. `run_argv_from_spec`
+    turns the result back into the `docker run` argv."""
     return _inspect(host, name)
 
 

@@ -19,6 +19,8 @@ itself fails only when the test could not run at all (bad options, non-loopback 
 
 from __future__ import annotations
 
+import contextvars
+import logging
 import threading
 from typing import Any, cast
 from uuid import UUID
@@ -46,7 +48,10 @@ class _ProgressPublisher:
         self.latest: Progress | None = None
         self._sent: Progress | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="loadtest-progress", daemon=True)
+        # The thread runs in a copy of this context: Prefect's settings (API URL) come along.
+        self._thread = threading.Thread(target=contextvars.copy_context().run,
+                                        args=(self._loop,), name="loadtest-progress",
+                                        daemon=True)
 
     def __call__(self, progress: Progress) -> None:
         self.latest = progress
@@ -69,7 +74,10 @@ class _ProgressPublisher:
             return
         self._sent = p
         percent = min(100.0, 100.0 * p.elapsed_s / p.total_s) if p.total_s > 0 else 0.0
-        update_progress_artifact(self.artifact_id, progress=percent, description=p.line())
+        try:
+            update_progress_artifact(self.artifact_id, progress=percent, description=p.line())
+        except Exception as exc:  # noqa: BLE001 - progress display must never fail the test
+            logging.getLogger(__name__).warning("progress artifact not updated: %s", exc)
 
 
 def _fmt(value: Any) -> str:

@@ -11,7 +11,7 @@ from prefect import task
 from phasegate.errors import RemoteTimeout, VerificationFailed
 from tasks.retrying import only_transient
 
-__all__ = ["CompletionCheck", "check_completion", "is_healthy"]
+__all__ = ["CompletionCheck", "check_completion", "is_healthy", "queue_depth"]
 
 
 @dataclass(frozen=True)
@@ -51,3 +51,19 @@ def check_completion(url: str, model: str, prompt: str = "1+1=", max_tokens: int
         raise VerificationFailed(f"vLLM {url}: empty completion")
     return CompletionCheck(body["model"], text, int(body["usage"]["completion_tokens"]),
                            (time.perf_counter() - started) * 1000)
+
+
+def queue_depth(url: str, timeout_s: float = 5.0) -> int | None:
+    """Requests vLLM holds (vllm:num_requests_running + vllm:num_requests_waiting), from its
+    /metrics; None when it cannot be read."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = httpx.get(f"{url}/metrics", timeout=timeout_s).text
+    except httpx.HTTPError:
+        return None
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name in ("vllm:num_requests_running", "vllm:num_requests_waiting"):
+            total += sum(s.value for s in family.samples)
+    return int(total)

@@ -5,7 +5,6 @@ snapshots. Every test leaves the shared session lab exactly as it found it."""
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import time
 import uuid
@@ -16,6 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from psycopg import sql
 
 from blocks.lab import gpu_host_block
 from blocks.systems import GcpConnection, GpuHost, PostgresConnection, RedisConnection, load_block
@@ -135,6 +135,17 @@ def gpu2(lab: dict[str, Any], lab_layout: Any) -> Iterator[GpuHost]:
         control.set_gpu_count(lab_layout, "gpu-2", before)
 
 
+def test_phase1_container_spec_through_prefect_recreates_its_run_argv(
+        lab: dict[str, Any]) -> None:
+    host = _host(lab, "gpu-1")
+    spec = container_spec(host, "vllm-server")  # a real task run (retry predicate and all)
+    assert spec is not None and spec["running"] and spec["gpus"] == "all"
+    assert spec["host"] == "gpu-1" and spec["name"] == "vllm-server"
+    assert spec["host_port"] == host.vllm_port and spec["restart"] == "always"
+    assert spec["volumes"] == ["/models:/models"]
+    assert run_argv_from_spec(spec) == ["run", *phase1_vllm_args(host.vllm_port)]
+
+
 def _argv(port: int, devices: str, tp: int) -> list[str]:
     argv = ["run", *phase1_vllm_args(port)]
     argv[argv.index("--name") + 1] = "phasegate-test-vllm"
@@ -221,6 +232,7 @@ def test_cloud_run_settings_are_applied_read_back_and_idempotent(lab: dict[str, 
     assert original == PHASE1_CLOUD_RUN
     target = {"min_instances": 1, "max_instances": 10, "max_concurrency": 100,
               "timeout_s": 600, "cpu": "2", "memory": "4Gi"}
+    first: dict[str, Any] | None = None
     try:
         first = apply_service_settings.fn(gcp, target)
         assert sorted(first["changed"]) == sorted(target)
@@ -235,7 +247,8 @@ def test_cloud_run_settings_are_applied_read_back_and_idempotent(lab: dict[str, 
             apply_service_settings.fn(gcp, {"memory": "64Gi", "cpu": "8"})
     finally:
         # min_instances 0 is the proto3 case: absent from the body, cleared by the mask.
-        restored = apply_service_settings.fn(gcp, original)
+        # `before` (with its etag and generation) is accepted as is: that is the undo step.
+        restored = apply_service_settings.fn(gcp, first["before"] if first else original)
     assert _fields(restored["after"]) == PHASE1_CLOUD_RUN
 
 
@@ -288,6 +301,6 @@ def test_snapshots_approvals_and_postmortems_round_trip(lab: dict[str, Any]) -> 
                            (pid,)).fetchone()
         assert row is not None and (row[0], row[1]) == ("rolled-back", {"reason": "p95"})
         for table in ("snapshots", "approvals", "postmortems"):  # leave no test rows behind
-            conn.execute(f"DELETE FROM {table} WHERE flow_run_id = %s", (run_id,))  # noqa: S608
+            conn.execute(sql.SQL("DELETE FROM {} WHERE flow_run_id = %s").format(
+                sql.Identifier(table)), (run_id,))
         conn.commit()
-    assert json.dumps(payload)

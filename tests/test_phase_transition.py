@@ -1,0 +1,136 @@
+"""phase-transition against the lab: approvals answered from another thread (as a manager
+would from the UI or `phasegate approve`), the exact end state asserted."""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
+
+from blocks.lab import gpu_host_block
+from blocks.systems import GcpConnection, load_block
+from flows.phase_transition import phase_transition
+from lab import control
+from phasegate.transition_cli import approve
+from tasks.cloud_run import read_service_settings
+from tasks.gpu_hosts import container_spec
+
+pytestmark = pytest.mark.lab
+
+FAST = {"watch_duration": "6s", "watch_interval": "2s", "load_test_scale": 0.005,
+        "approval_timeout": "60s", "approval_poll": "1s"}
+
+
+def _paused_run(timeout: float = 60) -> str:
+    """The id of the phase-transition run waiting for input (bounded wait)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["phase-transition"])),
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+        if runs:
+            return str(runs[0].id)
+        time.sleep(0.5)
+    raise TimeoutError("no paused phase-transition run")
+
+
+def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        out["state"] = fn()
+
+    # The Prefect settings (the lab's API URL) live in context variables: carry them over.
+    t = threading.Thread(target=contextvars.copy_context().run, args=(target,), daemon=True)
+    t.start()
+    return t, out
+
+
+def _phase(lab: dict[str, Any]) -> int:
+    with psycopg.connect(lab["postgres"]["state_dsn"]) as conn:
+        return int(conn.execute("SELECT phase FROM phase_state").fetchone()[0])
+
+
+def _set_phase(lab: dict[str, Any], phase: int) -> None:
+    with psycopg.connect(lab["postgres"]["state_dsn"], autocommit=True) as conn:
+        conn.execute("UPDATE phase_state SET phase = %s", (phase,))
+
+
+@pytest.fixture
+def gpu2_installed(lab: dict[str, Any], lab_layout: Any) -> Iterator[None]:
+    """gpu-1 with its second GPU (the seed's D-Day 10:00 step)."""
+    control.set_gpu_count(lab_layout, "gpu-1", 2)
+    yield
+    control.set_gpu_count(lab_layout, "gpu-1", 1)
+
+
+def test_rejection_ends_cleanly_without_change(lab: dict[str, Any]) -> None:
+    t, out = _in_thread(lambda: phase_transition(target_phase=2, return_state=True, **FAST))
+    run_id = _paused_run()
+    approve(run_id, "Alice Kim", "CTO", approved=False, comment="not this week")
+    t.join(60)
+    state = out["state"]
+    assert state.is_failed() and "rejected by Alice Kim (CTO)" in state.message
+    assert _phase(lab) == 1
+    settings = read_service_settings.fn(load_block(GcpConnection, "lab-gcp"))
+    assert (settings["min_instances"], settings["max_instances"]) == (0, 3)
+
+
+def test_skip_phase_is_refused_before_anything(lab: dict[str, Any]) -> None:
+    state = phase_transition(target_phase=3, return_state=True, **FAST)
+    assert state.is_failed() and "one step at a time" in state.message.lower() or \
+        "1 -> 3" in state.message
+
+
+def test_one_to_two_happy_path(lab: dict[str, Any], gpu2_installed: None) -> None:
+    t, out = _in_thread(lambda: phase_transition(target_phase=2, return_state=True, **FAST))
+    run_id = _paused_run()
+    approve(run_id, "Alice Kim", "CTO", approved=True)
+    time.sleep(1.5)
+    run_id = _paused_run()
+    approve(run_id, "Bob Lee", "CFO", approved=True)
+    t.join(300)
+    state = out["state"]
+    try:
+        assert state.is_completed(), state.message
+        assert _phase(lab) == 2
+        host = gpu_host_block(next(h for h in lab["gpu_hosts"] if h["name"] == "gpu-1"))
+        spec = container_spec.fn(host, "vllm-server")
+        assert spec and spec["running"] and "--tensor-parallel-size" in spec["args"]
+        assert spec["args"][spec["args"].index("--tensor-parallel-size") + 1] == "2"
+        r = redis.Redis.from_url(lab["redis"]["url"], decode_responses=True)
+        assert r.config_get("maxmemory-policy")["maxmemory-policy"] == "allkeys-lru"
+        settings = read_service_settings.fn(load_block(GcpConnection, "lab-gcp"))
+        assert (settings["min_instances"], settings["max_instances"]) == (1, 8)
+    finally:
+        _scale_back(lab)
+
+
+def _scale_back(lab: dict[str, Any]) -> None:
+    """The planned scale-down 2 -> 1, so later tests find the lab in phase 1."""
+    if _phase(lab) != 2:
+        return
+    t, out = _in_thread(lambda: phase_transition(target_phase=1, return_state=True, **FAST))
+    approve(_paused_run(), "Alice Kim", "CTO", approved=True)
+    time.sleep(1.5)
+    approve(_paused_run(), "Bob Lee", "CFO", approved=True)
+    t.join(300)
+    assert out["state"].is_completed(), out["state"].message
+    assert _phase(lab) == 1
