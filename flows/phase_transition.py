@@ -86,6 +86,7 @@ class Run:
     hosts: dict[str, GpuHost]
     notifications: str
     run_id: str
+    vllm_ready_timeout_s: float = 600.0
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
     timeline: list[dict[str, Any]] = field(default_factory=list)
     actions: list[tuple[str, str, str]] = field(default_factory=list)
@@ -249,7 +250,8 @@ def _deploy(run: Run, old: list[_Target], new: list[_Target]) -> None:
         if (t.host, t.name) not in keep:
             run_container(run.hosts[t.host], t.argv)
     for t in new:
-        wait_vllm_ready(f"http://{run.hosts[t.host].host}:{t.port}", t.model)
+        wait_vllm_ready(f"http://{run.hosts[t.host].host}:{t.port}", t.model,
+                        timeout_s=run.vllm_ready_timeout_s)
 
 
 def _redeploy_vllm(run: Run, changes: ChangeSet, snap: dict[str, Any]) -> None:
@@ -355,13 +357,16 @@ def phase_transition(target_phase: int, plan_path: str | None = None, dry_run: b
                      load_test_scale: float = 1.0, approval_timeout: str | None = None,
                      approval_poll: str = "2s", prefix: str = "lab",
                      notifications: str = "custom-webhook/lab-slack",
-                     reports_dir: str = "reports") -> dict[str, Any]:
+                     reports_dir: str = "reports",
+                     vllm_ready_timeout: str = "10m") -> dict[str, Any]:
     """Move the system one phase up (or down) after approvals; roll back on any failure."""
     plan = load_plan(plan_path)
     pg = load_block(PostgresConnection, f"{prefix}-postgres")
     current = current_phase(pg)
     direction = check_step(current, target_phase, plan.phases)
     run = _connect(plan, prefix, notifications, [current, target_phase])
+    # A real model loads in minutes (SkyServe waits 20 min); the lab's in seconds.
+    run.vllm_ready_timeout_s = parse_duration(vllm_ready_timeout).total_seconds()
     run.audit("requested", current=current, target=target_phase, direction=direction,
               dry_run=dry_run)
     changes = plan_changes(plan, current, target_phase,

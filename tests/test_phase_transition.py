@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+from uuid import UUID
 
 import psycopg
 import pytest
@@ -33,7 +34,7 @@ from tasks.gpu_hosts import container_spec
 pytestmark = pytest.mark.lab
 
 FAST = {"watch_duration": "6s", "watch_interval": "2s", "load_test_scale": 0.005,
-        "approval_timeout": "60s", "approval_poll": "1s"}
+        "approval_timeout": "60s", "approval_poll": "1s", "vllm_ready_timeout": "20s"}
 
 
 def _paused_run(timeout: float = 60) -> str:
@@ -83,8 +84,7 @@ def gpu2_installed(lab: dict[str, Any], lab_layout: Any) -> Iterator[None]:
 
 def test_rejection_ends_cleanly_without_change(lab: dict[str, Any]) -> None:
     t, out = _in_thread(lambda: phase_transition(target_phase=2, return_state=True, **FAST))
-    run_id = _paused_run()
-    approve(run_id, "Alice Kim", "CTO", approved=False, comment="not this week")
+    _answer("Alice Kim", "CTO", False, "not this week")
     t.join(60)
     state = out["state"]
     assert state.is_failed() and "rejected by Alice Kim (CTO)" in state.message
@@ -101,11 +101,8 @@ def test_skip_phase_is_refused_before_anything(lab: dict[str, Any]) -> None:
 
 def test_one_to_two_happy_path(lab: dict[str, Any], gpu2_installed: None) -> None:
     t, out = _in_thread(lambda: phase_transition(target_phase=2, return_state=True, **FAST))
-    run_id = _paused_run()
-    approve(run_id, "Alice Kim", "CTO", approved=True)
-    time.sleep(1.5)
-    run_id = _paused_run()
-    approve(run_id, "Bob Lee", "CFO", approved=True)
+    _answer("Alice Kim", "CTO", True)
+    _answer("Bob Lee", "CFO", True)
     t.join(300)
     state = out["state"]
     try:
@@ -128,9 +125,103 @@ def _scale_back(lab: dict[str, Any]) -> None:
     if _phase(lab) != 2:
         return
     t, out = _in_thread(lambda: phase_transition(target_phase=1, return_state=True, **FAST))
-    approve(_paused_run(), "Alice Kim", "CTO", approved=True)
-    time.sleep(1.5)
-    approve(_paused_run(), "Bob Lee", "CFO", approved=True)
+    _answer("Alice Kim", "CTO", True)
+    _answer("Bob Lee", "CFO", True)
     t.join(300)
     assert out["state"].is_completed(), out["state"].message
     assert _phase(lab) == 1
+
+
+def test_missing_gpu_stops_before_any_change(lab: dict[str, Any]) -> None:
+    t, out = _in_thread(lambda: phase_transition(target_phase=2, return_state=True, **FAST))
+    _answer("Alice Kim", "CTO", True)
+    _answer("Bob Lee", "CFO", True)
+    t.join(300)
+    state = out["state"]
+    assert state.is_failed() and "phase 2 needs 2 GPUs; gpu-1 has 1" in state.message
+    assert _phase(lab) == 1
+    host = gpu_host_block(next(h for h in lab["gpu_hosts"] if h["name"] == "gpu-1"))
+    spec = container_spec.fn(host, "vllm-server")
+    assert spec and spec["running"] and spec["gpus"] in ("all", [0])  # phase 1, untouched
+
+
+def test_one_person_cannot_approve_both_roles(lab: dict[str, Any]) -> None:
+    t, out = _in_thread(lambda: phase_transition(target_phase=2, return_state=True, **FAST))
+    run_id = _answer("Alice Kim", "CTO", True)
+    _answer("alice kim ", "CFO", True)   # same person, other spelling
+    _answer("Bob Lee", "CFO", False, comment="budget")
+    t.join(120)
+    state = out["state"]
+    assert state.is_failed() and "rejected by Bob Lee (CFO)" in state.message
+    with psycopg.connect(lab["postgres"]["state_dsn"]) as conn:
+        rows = conn.execute("SELECT role, name, approved FROM approvals WHERE flow_run_id = %s"
+                            " ORDER BY id", (run_id,)).fetchall()
+    assert rows == [("CTO", "Alice Kim", True), ("CFO", "alice kim ", True),
+                    ("CFO", "Bob Lee", False)]
+    assert _phase(lab) == 1
+
+
+def test_second_transition_is_refused_while_one_runs(lab: dict[str, Any]) -> None:
+    t, out = _in_thread(lambda: phase_transition(target_phase=2, return_state=True, **FAST))
+    run_id = _paused_run()
+    try:
+        second = phase_transition(target_phase=2, return_state=True, **FAST)
+        assert second.is_failed() and "another phase transition" in second.message
+    finally:
+        approve(run_id, "Alice Kim", "CTO", approved=False, comment="test over")
+        t.join(120)
+    assert _phase(lab) == 1
+
+
+def test_vllm_never_healthy_rolls_back_to_the_old_container(
+        lab: dict[str, Any], lab_layout: Any, gpu2_installed: None) -> None:
+    from lab.control import clear_faults, set_fault
+
+    t, out = _in_thread(lambda: phase_transition(target_phase=2, return_state=True, **FAST))
+    _answer("Alice Kim", "CTO", True)
+    # The new container will never be healthy; the fault is cleared once it is clear that
+    # the deploy failed, so the restored phase-1 container can come back.
+    set_fault(lab_layout, "vllm", "never-healthy")
+    _answer("Bob Lee", "CFO", True)
+    try:
+        _wait_audit(lab, "stage vLLM redeploy: failed", 400)
+    finally:
+        clear_faults(lab_layout)
+    t.join(300)
+    state = out["state"]
+    assert state.is_failed() and "vllm" in state.message.lower()
+    assert _phase(lab) == 1
+    host = gpu_host_block(next(h for h in lab["gpu_hosts"] if h["name"] == "gpu-1"))
+    spec = container_spec.fn(host, "vllm-server")
+    assert spec and spec["running"] and spec["gpus"] in ("all", [0])
+    assert spec["args"][spec["args"].index("--tensor-parallel-size") + 1] == "1"
+    settings = read_service_settings.fn(load_block(GcpConnection, "lab-gcp"))
+    assert (settings["min_instances"], settings["max_instances"]) == (0, 3)
+
+
+def _answer(name: str, role: str, approved: bool, comment: str = "",
+            timeout: float = 30) -> str:
+    """Answer the paused run as NAME (ROLE), then wait (bounded) until the run has taken the
+    answer, i.e. its state is no longer the pause we answered. Returns the run id."""
+    run_id = _paused_run()
+    with get_client(sync_client=True) as client:
+        answered = client.read_flow_run(UUID(run_id)).state_id
+    approve(run_id, name, role, approved=approved, comment=comment)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with get_client(sync_client=True) as client:
+            if client.read_flow_run(UUID(run_id)).state_id != answered:
+                return run_id
+        time.sleep(0.3)
+    raise TimeoutError("the run did not take the answer")
+
+
+def _wait_audit(lab: dict[str, Any], action: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with psycopg.connect(lab["postgres"]["state_dsn"]) as conn:
+            if conn.execute("SELECT 1 FROM audit_log WHERE action LIKE %s",
+                            (action + "%",)).fetchone():
+                return
+        time.sleep(1)
+    raise TimeoutError(action)
