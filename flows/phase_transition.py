@@ -48,7 +48,13 @@ from phasegate.errors import (
 from policy.durations import parse_duration
 from policy.plan import Plan, Watch, load_plan
 from policy.postmortem import PostmortemFacts, render_incident, render_postmortem
-from policy.transition import ChangeSet, ContainerSpec, check_step, plan_changes
+from policy.transition import (
+    ChangeSet,
+    ContainerSpec,
+    check_step,
+    financial_check,
+    plan_changes,
+)
 from policy.watch import WatchState, assess_value, progress, record, watch_verdict
 from tasks import state_store
 from tasks.backup import archive_models, backup_database
@@ -64,9 +70,10 @@ from tasks.gpu_hosts import (
 )
 from tasks.loadtest import run_load_test
 from tasks.notifications import send_notification
+from tasks.postgres import monthly_revenue
 from tasks.prometheus import query_instant
 from tasks.redis_cache import apply_memory_config, read_memory_config
-from tasks.vllm import queue_depth
+from tasks.vllm import queue_depth, server_errors
 
 __all__ = ["phase_transition"]
 
@@ -87,6 +94,7 @@ class Run:
     notifications: str
     run_id: str
     vllm_ready_timeout_s: float = 600.0
+    switch_failures: int | None = None
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
     timeline: list[dict[str, Any]] = field(default_factory=list)
     actions: list[tuple[str, str, str]] = field(default_factory=list)
@@ -115,10 +123,11 @@ class Run:
             self.audit(f"stage {name}: {outcome}")
 
 
-def _connect(plan: Plan, prefix: str, notifications: str, phases: list[int]) -> Run:
+def _connect(plan: Plan, prefix: str, notifications: str, phases: list[int],
+             prometheus_block: str | None = None) -> Run:
     hosts = {h.name for p in phases for h in plan.phase(p).gpu_hosts}
     return Run(plan=plan, pg=load_block(PostgresConnection, f"{prefix}-postgres"),
-               prom=load_block(PrometheusConnection, f"{prefix}-prometheus"),
+               prom=load_block(PrometheusConnection, prometheus_block or f"{prefix}-prometheus"),
                redis=load_block(RedisConnection, f"{prefix}-redis"),
                gcp=load_block(GcpConnection, f"{prefix}-gcp"),
                api=load_block(HttpEndpoint, f"{prefix}-api"),
@@ -143,7 +152,8 @@ def _one_at_a_time(run: Run) -> Iterator[None]:
                                f"'{TRANSITION_LIMIT}' is taken)") from exc
 
 
-def _evidence(run: Run, changes: ChangeSet, from_phase: int, to_phase: int) -> str:
+def _evidence(run: Run, changes: ChangeSet, from_phase: int, to_phase: int,
+              cash_usd: float | None, burn_usd: float | None) -> str:
     lines = [f"# Phase {from_phase} -> {to_phase}: approval", "", "## What will change"]
     lines += [f"- {line}" for line in changes.describe()]
     with run.pg.get_connection(run.pg.state_database) as conn:
@@ -151,6 +161,9 @@ def _evidence(run: Run, changes: ChangeSet, from_phase: int, to_phase: int) -> s
                            " WHERE to_phase = %s ORDER BY id DESC LIMIT 1",
                            (to_phase,)).fetchone()
     lines += ["", "## Triggers", f"- {row[0] if row else 'no trigger evaluation recorded'}"]
+    check = financial_check(monthly_revenue(run.pg), changes.cost_after_usd, cash_usd, burn_usd)
+    lines += ["", "## Financial check (seed D-1)"]
+    lines += [f"- {item.name}: **{item.status}** ({item.detail})" for item in check.items]
     return "\n".join(lines)
 
 
@@ -258,7 +271,12 @@ def _redeploy_vllm(run: Run, changes: ChangeSet, snap: dict[str, Any]) -> None:
     old = [_Target.recorded(c) for c in snap["containers"]]
     new = [_Target.planned(s) for s in changes.vllm_after]
     run.undo.append(("vLLM", lambda: _deploy(run, new, old)))
+    errors_before = server_errors(run.api.url)
     _deploy(run, old, new)
+    errors_after = server_errors(run.api.url)
+    if errors_before is not None and errors_after is not None:
+        run.switch_failures = int(errors_after - errors_before)
+        run.audit("failed requests during the vLLM switch", count=run.switch_failures)
     run.actions.append(("vLLM", changes.vllm_summary(before=True),
                         changes.vllm_summary(before=False)))
 
@@ -358,13 +376,15 @@ def phase_transition(target_phase: int, plan_path: str | None = None, dry_run: b
                      approval_poll: str = "2s", prefix: str = "lab",
                      notifications: str = "custom-webhook/lab-slack",
                      reports_dir: str = "reports",
-                     vllm_ready_timeout: str = "10m") -> dict[str, Any]:
+                     vllm_ready_timeout: str = "10m", cash_usd: float | None = None,
+                     monthly_burn_usd: float | None = None,
+                     prometheus_block: str | None = None) -> dict[str, Any]:
     """Move the system one phase up (or down) after approvals; roll back on any failure."""
     plan = load_plan(plan_path)
     pg = load_block(PostgresConnection, f"{prefix}-postgres")
     current = current_phase(pg)
     direction = check_step(current, target_phase, plan.phases)
-    run = _connect(plan, prefix, notifications, [current, target_phase])
+    run = _connect(plan, prefix, notifications, [current, target_phase], prometheus_block)
     # A real model loads in minutes (SkyServe waits 20 min); the lab's in seconds.
     run.vllm_ready_timeout_s = parse_duration(vllm_ready_timeout).total_seconds()
     run.audit("requested", current=current, target=target_phase, direction=direction,
@@ -376,7 +396,8 @@ def phase_transition(target_phase: int, plan_path: str | None = None, dry_run: b
             raise SafetyStop(f"phase changed to {current_phase(pg)} meanwhile; run again")
         timeout = parse_duration(approval_timeout) if approval_timeout else plan.approvals.timeout
         with run.stage("approval"):
-            request_approvals(plan.approvals, _evidence(run, changes, current, target_phase),
+            request_approvals(plan.approvals, _evidence(run, changes, current, target_phase,
+                                                        cash_usd, monthly_burn_usd),
                               int(timeout.total_seconds()),
                               int(parse_duration(approval_poll).total_seconds()),
                               _record_answer(run))
@@ -449,12 +470,20 @@ def _key_metrics(run: Run) -> dict[str, float | None]:
 def _report(run: Run, current: int, target: int, before: dict[str, float | None],
             reports: Path, failure: str | None, problems: list[str]) -> str:
     after = _key_metrics(run)
+    with run.pg.get_connection(run.pg.state_database) as conn:
+        approvals = state_store.list_approvals(conn, run.run_id)
+        row = conn.execute("SELECT report FROM trigger_evaluations WHERE to_phase = %s"
+                           " ORDER BY id DESC LIMIT 1", (target,)).fetchone()
+    triggered = [f"{c['text']} (latest {c['latest_value']})" for c in
+                 (row[0]["conditions"] if row else []) if c["verdict"] == "met"]
+    if run.switch_failures is not None:
+        problems = [*problems, f"failed requests during the vLLM switch: {run.switch_failures}"]
     facts = PostmortemFacts(
         from_phase=current, to_phase=target, started=run.started, ended=datetime.now(UTC),
-        owner="phase-transition", triggered_conditions=[], actions=run.actions,
+        owner="phase-transition", triggered_conditions=triggered, actions=run.actions,
         metrics={k: (before[k], after[k], k.rsplit("_", 1)[1]) for k in before},
         cost_expected=run.plan.phase(target).monthly_cost_usd, cost_actual=None,
-        approvals=[], timeline=run.timeline, problems=problems, rollback_reason=failure)
+        approvals=approvals, timeline=run.timeline, problems=problems, rollback_reason=failure)
     md = render_incident(facts) if failure else render_postmortem(facts)
     create_markdown_artifact(key="transition-postmortem" if not failure else "transition-incident",
                              markdown=md)

@@ -12,7 +12,7 @@ from blocks.systems import PostgresConnection
 from phasegate.errors import SourceUnavailable
 from tasks.retrying import only_transient
 
-__all__ = ["MAIN_TABLES", "count_rows", "sql_day_rows"]
+__all__ = ["MAIN_TABLES", "count_rows", "monthly_revenue", "sql_day_rows"]
 
 MAIN_TABLES = ("users", "daily_active_users", "subscriptions", "payments", "feedback",
                "nps_responses")
@@ -44,3 +44,15 @@ def sql_day_rows(pg: PostgresConnection, query: str, start: datetime, end: datet
     except psycopg.OperationalError as exc:
         raise SourceUnavailable(f"PostgreSQL {pg.host}:{pg.port}: {exc}") from exc
     return [(r[0], None if r[1] is None else float(r[1])) for r in rows]
+
+
+@task(retries=2, retry_delay_seconds=[1, 3], retry_condition_fn=only_transient)
+def monthly_revenue(pg: PostgresConnection) -> float | None:
+    """Succeeded payments of the last 30 days (USD), the seed's "monthly revenue"."""
+    try:
+        with pg.get_connection() as conn:
+            row = conn.execute("SELECT sum(amount_usd) FROM payments WHERE status = 'succeeded'"
+                               " AND paid_at >= now() - interval '30 days'").fetchone()
+    except psycopg.OperationalError as exc:
+        raise SourceUnavailable(f"PostgreSQL {pg.host}:{pg.port}: {exc}") from exc
+    return None if row is None or row[0] is None else float(row[0])

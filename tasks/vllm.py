@@ -11,7 +11,8 @@ from prefect import task
 from phasegate.errors import RemoteTimeout, VerificationFailed
 from tasks.retrying import only_transient
 
-__all__ = ["CompletionCheck", "check_completion", "is_healthy", "queue_depth"]
+__all__ = ["CompletionCheck", "check_completion", "is_healthy", "queue_depth",
+           "server_errors"]
 
 
 @dataclass(frozen=True)
@@ -67,3 +68,17 @@ def queue_depth(url: str, timeout_s: float = 5.0) -> int | None:
         if family.name in ("vllm:num_requests_running", "vllm:num_requests_waiting"):
             total += sum(s.value for s in family.samples)
     return int(total)
+
+
+def server_errors(api_url: str, timeout_s: float = 5.0) -> float | None:
+    """The API's count of 5xx answers so far (http_requests_total{status=~"5.."}), read from
+    its /metrics directly (Prometheus would lag by a scrape); None when unreadable."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = httpx.get(f"{api_url}/metrics", timeout=timeout_s).text
+    except httpx.HTTPError:
+        return None
+    return sum(s.value for f in text_string_to_metric_families(text)
+               if f.name == "http_requests" for s in f.samples
+               if s.name == "http_requests_total" and s.labels.get("status", "").startswith("5"))

@@ -4,9 +4,11 @@ would from the UI or `phasegate approve`), the exact end state asserted."""
 from __future__ import annotations
 
 import contextvars
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -33,8 +35,10 @@ from tasks.gpu_hosts import container_spec
 
 pytestmark = pytest.mark.lab
 
+REPORTS = Path(tempfile.mkdtemp(prefix="phasegate-reports-"))
 FAST = {"watch_duration": "6s", "watch_interval": "2s", "load_test_scale": 0.005,
-        "approval_timeout": "60s", "approval_poll": "1s", "vllm_ready_timeout": "20s"}
+        "approval_timeout": "60s", "approval_poll": "1s", "vllm_ready_timeout": "20s",
+        "reports_dir": str(REPORTS)}
 
 
 def _paused_run(timeout: float = 60) -> str:
@@ -116,6 +120,13 @@ def test_one_to_two_happy_path(lab: dict[str, Any], gpu2_installed: None) -> Non
         assert r.config_get("maxmemory-policy")["maxmemory-policy"] == "allkeys-lru"
         settings = read_service_settings.fn(load_block(GcpConnection, "lab-gcp"))
         assert (settings["min_instances"], settings["max_instances"]) == (1, 8)
+        report = next(REPORTS.glob("postmortem-1-to-2-*.md")).read_text()
+        assert "Phase 1 → 2" in report or "Phase: 1 → 2" in report or "1 -> 2" in report
+        assert "Bob Lee" in report and "Alice Kim" in report
+        with psycopg.connect(lab["postgres"]["state_dsn"]) as conn:
+            outcome = conn.execute("SELECT outcome FROM postmortems ORDER BY id DESC"
+                                   " LIMIT 1").fetchone()[0]
+        assert outcome == "success"
     finally:
         _scale_back(lab)
 
@@ -225,3 +236,61 @@ def _wait_audit(lab: dict[str, Any], action: str, timeout: float) -> None:
                 return
         time.sleep(1)
     raise TimeoutError(action)
+
+
+def test_expired_approval_is_recorded_and_changes_nothing(lab: dict[str, Any]) -> None:
+    state = phase_transition(target_phase=2, return_state=True,
+                             **{**FAST, "approval_timeout": "3s"})
+    assert state.is_failed()
+    with psycopg.connect(lab["postgres"]["state_dsn"]) as conn:
+        last = conn.execute("SELECT comment, approved FROM approvals ORDER BY id DESC"
+                            " LIMIT 1").fetchone()
+    assert last == ("expired", False)
+    assert _phase(lab) == 1
+
+
+def test_backup_failure_stops_with_nothing_changed(lab: dict[str, Any],
+                                                    gpu2_installed: None) -> None:
+    t, out = _in_thread(lambda: phase_transition(
+        target_phase=2, return_state=True, **{**FAST, "reports_dir": "/dev/null/reports"}))
+    _answer("Alice Kim", "CTO", True)
+    _answer("Bob Lee", "CFO", True)
+    t.join(300)
+    state = out["state"]
+    assert state.is_failed()
+    _assert_phase_1_intact(lab)
+
+
+def test_prometheus_down_during_watch_rolls_back(lab: dict[str, Any],
+                                                 gpu2_installed: None) -> None:
+    from blocks.systems import PrometheusConnection
+    from lab.procs import free_port
+
+    PrometheusConnection(url=f"http://127.0.0.1:{free_port()}", timeout_s=1).save(
+        "dead-prometheus", overwrite=True)
+    t, out = _in_thread(lambda: phase_transition(
+        target_phase=2, return_state=True,
+        **{**FAST, "prometheus_block": "dead-prometheus", "watch_duration": "20s",
+           "watch_interval": "1s"}))
+    _answer("Alice Kim", "CTO", True)
+    _answer("Bob Lee", "CFO", True)
+    t.join(300)
+    state = out["state"]
+    assert state.is_failed() and "metric watch error" in state.message, state.message
+    _assert_phase_1_intact(lab)
+    assert next(REPORTS.glob("incident-1-to-2-*.md")).read_text()
+
+
+def _assert_phase_1_intact(lab: dict[str, Any]) -> None:
+    """The exact phase-1 state: phase, vLLM spec, Cloud Run fields, Redis config."""
+    assert _phase(lab) == 1
+    host = gpu_host_block(next(h for h in lab["gpu_hosts"] if h["name"] == "gpu-1"))
+    spec = container_spec.fn(host, "vllm-server")
+    assert spec and spec["running"] and spec["gpus"] in ("all", [0])
+    assert spec["args"][spec["args"].index("--tensor-parallel-size") + 1] == "1"
+    settings = read_service_settings.fn(load_block(GcpConnection, "lab-gcp"))
+    assert (settings["min_instances"], settings["max_instances"], settings["memory"],
+            settings["cpu"]) == (0, 3, "2Gi", "1")
+    r = redis.Redis.from_url(lab["redis"]["url"], decode_responses=True)
+    assert r.config_get("maxmemory")["maxmemory"] == str(4 * 1024**3)
+    assert r.config_get("maxmemory-policy")["maxmemory-policy"] == "volatile-lru"
