@@ -24,6 +24,7 @@ from prefect.artifacts import (
     create_progress_artifact,
     update_progress_artifact,
 )
+from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 
@@ -41,6 +42,7 @@ from flows.sources import current_phase
 from phasegate.errors import (
     PhasegateError,
     PreconditionFailed,
+    RemoteTimeout,
     SafetyStop,
     TransitionLocked,
     VerificationFailed,
@@ -53,6 +55,7 @@ from policy.transition import (
     ContainerSpec,
     check_step,
     financial_check,
+    format_redis_bytes,
     plan_changes,
 )
 from policy.watch import WatchState, assess_value, progress, record, watch_verdict
@@ -75,7 +78,7 @@ from tasks.prometheus import query_instant
 from tasks.redis_cache import apply_memory_config, read_memory_config
 from tasks.vllm import queue_depth, server_errors
 
-__all__ = ["phase_transition"]
+__all__ = ["Run", "Target", "connect", "deploy", "one_at_a_time", "phase_transition"]
 
 TRANSITION_LIMIT = "phase-transition"
 
@@ -123,7 +126,7 @@ class Run:
             self.audit(f"stage {name}: {outcome}")
 
 
-def _connect(plan: Plan, prefix: str, notifications: str, phases: list[int],
+def connect(plan: Plan, prefix: str, notifications: str, phases: list[int],
              prometheus_block: str | None = None) -> Run:
     hosts = {h.name for p in phases for h in plan.phase(p).gpu_hosts}
     return Run(plan=plan, pg=load_block(PostgresConnection, f"{prefix}-postgres"),
@@ -139,17 +142,27 @@ def _connect(plan: Plan, prefix: str, notifications: str, phases: list[int],
 
 
 @contextmanager
-def _one_at_a_time(run: Run) -> Iterator[None]:
+def one_at_a_time(run: Run) -> Iterator[None]:
     """A Prefect global concurrency limit (strict) AND a PostgreSQL advisory lock: the second
     transition is refused whatever Prefect is configured to do."""
     try:
-        with concurrency(TRANSITION_LIMIT, occupy=1, timeout_seconds=2, strict=True), \
+        with concurrency(TRANSITION_LIMIT, occupy=1, timeout_seconds=10, strict=True), \
                 run.pg.get_connection(run.pg.state_database) as conn, \
                 state_store.transition_lock(conn):
             yield
     except TimeoutError as exc:
-        raise TransitionLocked("another phase transition is running (concurrency limit "
-                               f"'{TRANSITION_LIMIT}' is taken)") from exc
+        if _slots_taken():
+            raise TransitionLocked("another phase transition is running (concurrency limit "
+                                   f"'{TRANSITION_LIMIT}' is taken)") from exc
+        # The slot was free: the API was too slow to grant it. Safe to retry the run.
+        raise RemoteTimeout(f"Prefect did not grant the '{TRANSITION_LIMIT}' slot in "
+                            "10 s although it is free; run again") from exc
+
+
+def _slots_taken() -> bool:
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(TRANSITION_LIMIT)
+    return limit.active_slots >= limit.limit
 
 
 def _evidence(run: Run, changes: ChangeSet, from_phase: int, to_phase: int,
@@ -184,7 +197,7 @@ def _record_answer(run: Run) -> Callable[[Any, Any], None]:
 # ---------------------------------------------------------------- snapshot, backup, GPUs
 
 
-def _snapshot(run: Run, specs: list[ContainerSpec]) -> dict[str, Any]:
+def _snapshot(run: Run, specs: list[ContainerSpec], phase: int) -> dict[str, Any]:
     """The live state the transition changes, stored before any change."""
     names = {(s.host, s.name) for s in specs}
     containers = [c for c in (container_spec(run.hosts[h], n) for h, n in sorted(names)) if c]
@@ -192,7 +205,8 @@ def _snapshot(run: Run, specs: list[ContainerSpec]) -> dict[str, Any]:
             "redis": read_memory_config(run.redis)}
     with run.pg.get_connection(run.pg.state_database) as conn:
         for component in ("containers", "cloud_run", "redis"):
-            state_store.save_snapshot(conn, run.run_id, 0, component, {"value": snap[component]})
+            state_store.save_snapshot(conn, run.run_id, phase, component,
+                                      {"value": snap[component]})
     return snap
 
 
@@ -217,7 +231,7 @@ def _check_gpus(run: Run, to_phase: int) -> None:
 
 
 @dataclass(frozen=True)
-class _Target:
+class Target:
     """A vLLM container to have running: where, on which GPUs, how to start it."""
 
     host: str
@@ -228,13 +242,13 @@ class _Target:
     model: str
 
     @classmethod
-    def planned(cls, spec: ContainerSpec) -> _Target:
+    def planned(cls, spec: ContainerSpec) -> Target:
         """From the plan (policy.transition)."""
         return cls(spec.host, spec.name, list(spec.gpus), spec.docker_args(), spec.host_port,
                    spec.served_model_name)
 
     @classmethod
-    def recorded(cls, c: dict[str, Any]) -> _Target:
+    def recorded(cls, c: dict[str, Any]) -> Target:
         """From a snapshot (docker inspect): recreated exactly as it ran."""
         args = list(c["args"])
         opts = dict(zip(args[::2], args[1::2], strict=False))
@@ -247,7 +261,7 @@ def _overlaps(a: list[int] | str, b: list[int] | str) -> bool:
     return isinstance(a, str) or isinstance(b, str) or bool(set(a) & set(b))
 
 
-def _deploy(run: Run, old: list[_Target], new: list[_Target]) -> None:
+def deploy(run: Run, old: list[Target], new: list[Target]) -> None:
     """Replace the old vLLM containers by the new ones. New containers whose GPUs no old one
     holds start first, so the service keeps answering wherever the GPUs allow it."""
     early = [n for n in new if not any(o.host == n.host and _overlaps(o.gpus, n.gpus)
@@ -268,11 +282,11 @@ def _deploy(run: Run, old: list[_Target], new: list[_Target]) -> None:
 
 
 def _redeploy_vllm(run: Run, changes: ChangeSet, snap: dict[str, Any]) -> None:
-    old = [_Target.recorded(c) for c in snap["containers"]]
-    new = [_Target.planned(s) for s in changes.vllm_after]
-    run.undo.append(("vLLM", lambda: _deploy(run, new, old)))
+    old = [Target.recorded(c) for c in snap["containers"]]
+    new = [Target.planned(s) for s in changes.vllm_after]
+    run.undo.append(("vLLM", lambda: deploy(run, new, old)))
     errors_before = server_errors(run.api.url)
-    _deploy(run, old, new)
+    deploy(run, old, new)
     errors_after = server_errors(run.api.url)
     if errors_before is not None and errors_after is not None:
         run.switch_failures = int(errors_after - errors_before)
@@ -287,8 +301,9 @@ def _apply_redis(run: Run, changes: ChangeSet) -> None:
     before = result["before"]
     run.undo.append(("Redis", lambda: apply_memory_config(
         run.redis, before["maxmemory"], before["maxmemory_policy"])))
-    run.actions.append(("Redis", f"{before['maxmemory']} {before['maxmemory_policy']}",
-                        f"{after['maxmemory']} {after['maxmemory_policy']}"))
+    run.actions.append(("Redis", f"{format_redis_bytes(before['maxmemory'])} "
+                        f"{before['maxmemory_policy']}",
+                        f"{format_redis_bytes(after['maxmemory'])} {after['maxmemory_policy']}"))
 
 
 def _apply_cloud_run(run: Run, changes: ChangeSet) -> None:
@@ -322,9 +337,11 @@ def _rollback(run: Run, reason: str) -> list[str]:
 def _load_test(run: Run, to_phase: int, scale: float) -> dict[str, Any]:
     summary = run_load_test(phase=to_phase, target=run.api.url, scale=scale)
     if summary["exit_code"] != 0:
-        failed = [k for k, v in summary.get("thresholds", {}).items() if not v.get("ok", True)]
+        failed = [f"{name}: {expr} (observed {v.get('observed')})"
+                  for name, stats in summary.get("metrics", {}).items()
+                  for expr, v in stats.get("thresholds", {}).items() if not v.get("ok", True)]
         raise VerificationFailed(f"load test failed (exit {summary['exit_code']}): "
-                                 f"{', '.join(failed) or summary.get('abort_reason')}")
+                                 f"{'; '.join(failed) or summary.get('abort_reason')}")
     return summary
 
 
@@ -384,14 +401,14 @@ def phase_transition(target_phase: int, plan_path: str | None = None, dry_run: b
     pg = load_block(PostgresConnection, f"{prefix}-postgres")
     current = current_phase(pg)
     direction = check_step(current, target_phase, plan.phases)
-    run = _connect(plan, prefix, notifications, [current, target_phase], prometheus_block)
+    run = connect(plan, prefix, notifications, [current, target_phase], prometheus_block)
     # A real model loads in minutes (SkyServe waits 20 min); the lab's in seconds.
     run.vllm_ready_timeout_s = parse_duration(vllm_ready_timeout).total_seconds()
     run.audit("requested", current=current, target=target_phase, direction=direction,
               dry_run=dry_run)
     changes = plan_changes(plan, current, target_phase,
                            {name: host.vllm_port for name, host in run.hosts.items()})
-    with _one_at_a_time(run):
+    with one_at_a_time(run):
         if current_phase(pg) != current:  # re-read under the lock: someone moved first
             raise SafetyStop(f"phase changed to {current_phase(pg)} meanwhile; run again")
         timeout = parse_duration(approval_timeout) if approval_timeout else plan.approvals.timeout
@@ -421,9 +438,9 @@ def _watch_config(plan: Plan, current: int, target: int, duration: str | None,
 
 def _execute(run: Run, changes: ChangeSet, current: int, target: int, watch: Watch,
              scale: float, reports: Path) -> dict[str, Any]:
-    before = _key_metrics(run)
+    before = _key_metrics(run, watch)
     with run.stage("snapshot"):
-        snap = _snapshot(run, [*changes.vllm_before, *changes.vllm_after])
+        snap = _snapshot(run, [*changes.vllm_before, *changes.vllm_after], current)
     with run.stage("backup"):
         _backup(run, reports / "backups")
     with run.stage("gpu detection"):
@@ -442,34 +459,30 @@ def _execute(run: Run, changes: ChangeSet, current: int, target: int, watch: Wat
             _watch(run, watch)
     except (PhasegateError, Exception) as exc:
         problems = _rollback(run, str(exc))
-        _report(run, current, target, before, reports, failure=str(exc), problems=problems)
+        _report(run, current, target, watch, before, reports, failure=str(exc),
+                problems=problems)
         send_notification(run.notifications, f"phase {current} -> {target} rolled back",
                           f"reason: {exc}" + (f"\nrollback problems: {problems}"
                                               if problems else ""))
         raise
     with run.pg.get_connection(run.pg.state_database) as conn:
         state_store.set_phase(conn, target, f"phase-transition {run.run_id}")
-    md = _report(run, current, target, before, reports, failure=None, problems=[])
+    md = _report(run, current, target, watch, before, reports, failure=None, problems=[])
     send_notification(run.notifications, f"phase {current} -> {target} done",
                       md.splitlines()[0])
     return {"outcome": "success", "phase": target, "actions": run.actions}
 
 
-def _key_metrics(run: Run) -> dict[str, float | None]:
-    """API p95 (ms), GPU utilisation (%), error rate (%) right now, for the postmortem."""
-    queries = {
-        "api_p95_ms": "1000 * histogram_quantile(0.95, sum by (le) "
-                      "(rate(http_request_duration_seconds_bucket[5m])))",
-        "gpu_util_pct": "avg(DCGM_FI_DEV_GPU_UTIL)",
-        "error_rate_pct": '100 * sum(rate(http_requests_total{status=~"5.."}[5m])) / '
-                          "sum(rate(http_requests_total[5m]))",
-    }
-    return {k: query_instant(run.prom, q).value for k, q in queries.items()}
+def _key_metrics(run: Run, watch: Watch) -> dict[str, tuple[float | None, str]]:
+    """The watch's own metrics (the plan's queries: API p95, GPU utilisation, error rate, LLM
+    queue) right now, for the postmortem's before/after."""
+    return {m.name: (query_instant(run.prom, m.query).value, m.unit) for m in watch.metrics}
 
 
-def _report(run: Run, current: int, target: int, before: dict[str, float | None],
-            reports: Path, failure: str | None, problems: list[str]) -> str:
-    after = _key_metrics(run)
+def _report(run: Run, current: int, target: int, watch: Watch,
+            before: dict[str, tuple[float | None, str]], reports: Path, failure: str | None,
+            problems: list[str]) -> str:
+    after = _key_metrics(run, watch)
     with run.pg.get_connection(run.pg.state_database) as conn:
         approvals = state_store.list_approvals(conn, run.run_id)
         row = conn.execute("SELECT report FROM trigger_evaluations WHERE to_phase = %s"
@@ -481,7 +494,7 @@ def _report(run: Run, current: int, target: int, before: dict[str, float | None]
     facts = PostmortemFacts(
         from_phase=current, to_phase=target, started=run.started, ended=datetime.now(UTC),
         owner="phase-transition", triggered_conditions=triggered, actions=run.actions,
-        metrics={k: (before[k], after[k], k.rsplit("_", 1)[1]) for k in before},
+        metrics={k: (before[k][0], after[k][0], unit) for k, (_, unit) in before.items()},
         cost_expected=run.plan.phase(target).monthly_cost_usd, cost_actual=None,
         approvals=approvals, timeline=run.timeline, problems=problems, rollback_reason=failure)
     md = render_incident(facts) if failure else render_postmortem(facts)

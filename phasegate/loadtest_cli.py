@@ -51,7 +51,7 @@ def _selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan", help="plan file (default plans/dreamseed.yaml)")
     p.add_argument("--target", default="http://127.0.0.1:8080", help="base URL (loopback)")
     p.add_argument("--scale", type=float, default=1.0,
-                   help="time scale: durations and sleeps x F, rates unchanged")
+                   help="time scale: scenario durations x F; think time and rates unchanged")
     p.add_argument("--executor", default="constant-vus")
     p.add_argument("--vus", type=int)
     p.add_argument("--max-vus", type=int)

@@ -294,3 +294,18 @@ def _assert_phase_1_intact(lab: dict[str, Any]) -> None:
     r = redis.Redis.from_url(lab["redis"]["url"], decode_responses=True)
     assert r.config_get("maxmemory")["maxmemory"] == str(4 * 1024**3)
     assert r.config_get("maxmemory-policy")["maxmemory-policy"] == "volatile-lru"
+
+
+def test_rollback_flow_restores_the_last_snapshot(lab: dict[str, Any],
+                                                  gpu2_installed: None) -> None:
+    from flows.rollback import rollback
+
+    t, out = _in_thread(lambda: phase_transition(target_phase=2, return_state=True, **FAST))
+    _answer("Alice Kim", "CTO", True)
+    _answer("Bob Lee", "CFO", True)
+    t.join(300)
+    assert out["state"].is_completed(), out["state"].message
+    assert _phase(lab) == 2
+    result = rollback()
+    assert result["phase"] == 1
+    _assert_phase_1_intact(lab)

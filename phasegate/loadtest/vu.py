@@ -119,7 +119,11 @@ class Iteration:
         self.rec.store.add(metric, value, self.rec.t(), self.rec.tags(self.base_tags, *extra))
 
     async def sleep(self, seconds: float) -> None:
-        """k6's sleep(), scaled; the next request's latency counts from when it should end."""
-        until = _now() + seconds * self.scale
+        """k6's sleep(); the next request's latency counts from when it should end.
+
+        Think time is NOT time-scaled: a compressed lab run keeps each VU's real request rate
+        and is the real scenario's load for a shorter time (scaling sleeps would multiply the
+        load by 1/scale)."""
+        until = _now() + seconds
         self._next_send = until
         await asyncio.sleep(max(0.0, until - _now()))

@@ -1,0 +1,64 @@
+"""`rollback`: restore the last snapshot on demand (vLLM containers, Cloud Run, Redis, phase).
+
+For the operator who needs the pre-transition state back after a transition has ended, e.g.
+when the D+1..7 follow-up shows the new phase is worse. Same guards as a transition (one at a
+time); every restored value is verified by the tasks that apply it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from blocks.systems import PostgresConnection, load_block
+from flows.phase_transition import Target, connect, deploy, one_at_a_time
+from flows.sources import current_phase
+from phasegate.errors import PreconditionFailed
+from policy.plan import load_plan
+from policy.transition import vllm_containers
+from tasks import state_store
+from tasks.cloud_run import apply_service_settings
+from tasks.gpu_hosts import container_spec
+from tasks.notifications import send_notification
+from tasks.redis_cache import apply_memory_config
+
+__all__ = ["rollback"]
+
+
+def _snapshots(pg: PostgresConnection, flow_run_id: str | None) -> dict[str, Any]:
+    with pg.get_connection(pg.state_database) as conn:
+        snaps = {c: state_store.latest_snapshot(conn, c, flow_run_id)
+                 for c in ("containers", "cloud_run", "redis")}
+    missing = [c for c, snap in snaps.items() if snap is None]
+    if missing:
+        raise PreconditionFailed(f"no snapshot of {', '.join(missing)} to restore")
+    return snaps
+
+
+@flow(name="rollback", log_prints=True)
+def rollback(flow_run_id: str | None = None, plan_path: str | None = None, prefix: str = "lab",
+             notifications: str = "custom-webhook/lab-slack") -> dict[str, Any]:
+    """Restore the newest snapshot (or that of one phase-transition run) and its phase."""
+    plan = load_plan(plan_path)
+    pg = load_block(PostgresConnection, f"{prefix}-postgres")
+    snaps = _snapshots(pg, flow_run_id)
+    phase_now, phase_then = current_phase(pg), snaps["containers"].phase
+    run = connect(plan, prefix, notifications, sorted({phase_now, phase_then}))
+    with one_at_a_time(run):
+        recorded = [Target.recorded(c) for c in snaps["containers"].payload["value"]]
+        ports = {h: b.vllm_port for h, b in run.hosts.items()}
+        live = [c for c in (container_spec(run.hosts[s.host], s.name)
+                            for s in vllm_containers(plan, phase_now, ports)) if c]
+        with run.stage("rollback vLLM"):
+            deploy(run, [Target.recorded(c) for c in live], recorded)
+        with run.stage("rollback Cloud Run"):
+            apply_service_settings(run.gcp, snaps["cloud_run"].payload["value"])
+        with run.stage("rollback Redis"):
+            r = snaps["redis"].payload["value"]
+            apply_memory_config(run.redis, r["maxmemory"], r["maxmemory_policy"])
+        with pg.get_connection(pg.state_database) as conn:
+            state_store.set_phase(conn, phase_then, f"rollback {run.run_id}")
+    send_notification(notifications, f"rolled back to phase {phase_then}",
+                      f"restored the snapshot of run {snaps['containers'].flow_run_id}")
+    return {"phase": phase_then, "restored_from": snaps["containers"].flow_run_id}
