@@ -372,10 +372,11 @@ def run(options: Options, target: str, *, scale: float = 1.0,
     """Run every scenario of `options` against `target` and return the summary.
 
     `scale` multiplies every scenario duration (think time and rates unchanged) so a
-    9-minute phase test fits the lab; `progress` is called once a second; `window_s` is the length of the
-    per-window threshold view. Runs in a fresh uvloop (or asyncio) loop, in a helper thread
-    when the caller already has a loop running. Raises ConfigError (bad target or journey),
-    SafetyStop (non-loopback target without `allow_remote`), PlanError (bad thresholds).
+    9-minute phase test fits the lab; `progress` is called once a second; `window_s` is the
+    length of the per-window threshold view. Runs in a fresh uvloop (or asyncio) loop, in a
+    helper thread when the caller already has a loop running. Raises ConfigError (bad target
+    or journey), SafetyStop (non-loopback target without `allow_remote`), PlanError (bad
+    thresholds).
     """
     def go() -> RunResult:
         return _run_loop(run_async(options, target, scale=scale, progress=progress,
