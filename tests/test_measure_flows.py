@@ -119,3 +119,26 @@ def test_cli_json_shapes(lab: dict[str, Any]) -> None:
     assert {"quorum", "due"} <= set(json.loads(subprocess.run(
         [sys.executable, "-m", "phasegate.cli", "triggers", "check", "--json"], env=env,
         capture_output=True, text=True, timeout=120).stdout))
+
+
+def test_due_creates_one_transition_run_and_never_a_second(lab: dict[str, Any]) -> None:
+    from flows.phase_transition import phase_transition
+
+    deployment_id = phase_transition.to_deployment(
+        name="phase-transition", parameters={"target_phase": 2}).apply()
+    created: list[str] = []
+    try:
+        first = trigger_check(auto_create=True)
+        if not first["due"]:
+            pytest.skip("the lab's world is not due today")
+        created.append(first["transition_run"]["created"])
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(created[0])
+        assert run.parameters["target_phase"] == 2 and run.deployment_id == deployment_id
+        second = trigger_check(auto_create=True)
+        assert second["transition_run"] == {"created": None, "open": created}
+    finally:
+        with get_client(sync_client=True) as client:
+            for run_id in created:
+                client.delete_flow_run(run_id)
+            client.delete_deployment(deployment_id)
