@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import serve
+from prefect.schedules import Cron
 
 from flows.capacity_forecast import capacity_forecast
 from flows.phase_transition import phase_transition
@@ -23,17 +24,16 @@ __all__ = ["deployments", "main"]
 
 def deployments(prefix: str = "lab", schedules: bool = True) -> list[Any]:
     """The RunnerDeployments; `schedules=False` for demos and tests that trigger by hand."""
-    seoul = {"timezone": "Asia/Seoul"}
     return [
         phase_transition.to_deployment(name="phase-transition", parameters={
             "target_phase": 2, "prefix": prefix}),
         rollback.to_deployment(name="rollback", parameters={"prefix": prefix}),
         trigger_check.to_deployment(
             name="trigger-check", parameters={"prefix": prefix},
-            schedules=[{"cron": "*/15 * * * *", **seoul}] if schedules else None),
+            schedules=[Cron("*/15 * * * *", timezone="Asia/Seoul")] if schedules else None),
         capacity_forecast.to_deployment(
             name="capacity-forecast", parameters={"prefix": prefix},
-            schedules=[{"cron": "0 9 * * *", **seoul}] if schedules else None),
+            schedules=[Cron("0 9 * * *", timezone="Asia/Seoul")] if schedules else None),
         smoke.to_deployment(name="lab-smoke", parameters={"prefix": prefix}),
     ]
 

@@ -161,6 +161,8 @@ def start_prefect(layout: LabLayout, port: int) -> int:
     argv = [cmd, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     env = prefect_env(layout)
     env.pop("PREFECT_API_URL", None)
+    # The UI asks its API at this URL; the default (port 4200) is not the lab's.
+    env["PREFECT_UI_API_URL"] = f"http://127.0.0.1:{port}/api"
     return spawn(argv, layout.logs_dir / "prefect.log", env=env)
 
 

@@ -1,4 +1,4 @@
-"""`phasegate smoke` and `phasegate demo`: run the smoke flow through Prefect on the lab."""
+"""`phasegate smoke` (the smoke flow through Prefect on the lab) and `phasegate demo`."""
 
 from __future__ import annotations
 
@@ -18,8 +18,11 @@ def register(sub: Any) -> None:
     smoke.add_argument("--dir", help="lab directory (default $PHASEGATE_LAB or .lab)")
     smoke.add_argument("--json", action="store_true")
     smoke.set_defaults(handler=_smoke)
-    demo = sub.add_parser("demo", help="bring the lab up (if needed) and run the smoke flow")
+    demo = sub.add_parser("demo", help="the story on the lab: triggers, 1 -> 2 with approvals, "
+                          "2 -> 3 with a fault and its automatic rollback")
     demo.add_argument("--dir", help="lab directory (default $PHASEGATE_LAB or .lab)")
+    demo.add_argument("--interactive", action="store_true",
+                      help="wait for people to approve in the Prefect UI")
     demo.set_defaults(handler=_demo)
 
 
@@ -51,14 +54,10 @@ def _table(seen: dict[str, Any]) -> str:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from lab.supervisor import UpOptions, status, up
+    from phasegate.demo import run_demo
 
     layout = lab_layout(args.dir)
-    doc = status(layout) if running_lab(layout) else up(layout, UpOptions())
-    print(f"lab ready in {doc.get('ready_seconds', '?')} s; Prefect UI: "
-          f"{doc.get('prefect', {}).get('api_url', '').removesuffix('/api')}")
-    print("\nWhat the lab-smoke flow saw, through Prefect:\n")
-    print(_table(run_smoke(args.dir)))
+    code = run_demo(layout, interactive=args.interactive)
     print(f"\nThe lab keeps running; stop it with: .venv/bin/phasegate lab down "
           f"--dir {layout.root}")
-    return 0
+    return code

@@ -1,0 +1,234 @@
+"""`phasegate demo`: the whole story on the lab, time-compressed, in a few minutes.
+
+1. Lab up (if needed); serve the deployments against the lab's Prefect server.
+2. trigger-check: is phase 2 due? (the evidence table)
+3. Install GPU #2; phase 1 -> 2 through the deployment (one click in the UI), approved by the
+   CTO and the CFO (by `phasegate approve`, or by a person in the UI with --interactive), ending
+   in a postmortem.
+4. A second transition attempt, the planned step back 2 -> 1, with a fault injected during the
+   metric watch (the API answers 50 % errors): automatic rollback, phase 2 restored and
+   verified. (The lab's two cores cannot serve phase 3's 3,000-VU load test within its 200 ms
+   p95, so a 2 -> 3 attempt would stop at its load test, before the watch.)
+5. A summary, and where to look in the UI.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+from uuid import UUID
+
+import psycopg
+
+from lab import control
+from lab.layout import LabLayout
+from lab.procs import pid_alive, stop_pid
+from phasegate.errors import LabError
+
+__all__ = ["run_demo"]
+
+# Compressed time: a 2-hour watch becomes 24 s; the 9-minute load test ~5 s.
+DEMO_PARAMS: dict[str, Any] = {
+    "watch_duration": "24s", "watch_interval": "2s", "load_test_scale": 0.01,
+    "approval_timeout": "30m", "approval_poll": "1s", "vllm_ready_timeout": "60s"}
+
+
+def _say(text: str) -> None:
+    print(f"\n== {text}", flush=True)
+
+
+def _serve(layout: LabLayout, api: str) -> subprocess.Popen[bytes]:
+    """Serve the deployments in a child process (stopped by PID at the end)."""
+    env = {**os.environ, "PREFECT_API_URL": api, "PHASEGATE_LAB": str(layout.root),
+           "PREFECT_LOGGING_LEVEL": "WARNING"}
+    log = open(layout.logs_dir / "serve.log", "ab")  # noqa: SIM115 - lives with the child
+    return subprocess.Popen([sys.executable, "-m", "deployments.serve"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            cwd=Path(__file__).resolve().parent.parent)
+
+
+def _wait_deployment(name: str, timeout_s: float = 60) -> None:
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with get_client(sync_client=True) as client:
+                client.read_deployment_by_name(name)
+            return
+        except Exception:  # noqa: BLE001 - not registered yet
+            time.sleep(0.5)
+    raise LabError(f"deployment {name} was not served within {timeout_s:.0f} s")
+
+
+def _state(run_id: UUID) -> Any:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(run_id).state
+
+
+def _wait(run_id: UUID, done: Any, timeout_s: float) -> Any:
+    """Poll the run's state until `done(state)` (bounded)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = _state(run_id)
+        if state is not None and done(state):
+            return state
+        time.sleep(0.5)
+    raise LabError(f"flow run {run_id} did not get there within {timeout_s:.0f} s")
+
+
+def _approve_all(run_id: UUID, interactive: bool, ui: str) -> None:
+    """Answer both approvals, as two managers would."""
+    from phasegate.transition_cli import approve
+
+    for name, role in (("Jiwoo Park", "CTO"), ("Minseo Choi", "CFO")):
+        state = _wait(run_id, lambda s: s.is_paused() or s.is_final(), 300)
+        if state.is_final():
+            return
+        if interactive:
+            print(f"   waiting for {role} in the UI: {ui}/runs/flow-run/{run_id}")
+            _wait(run_id, lambda s, sid=state.id: s.id != sid, 3600)
+            continue
+        print(f"   phasegate approve {run_id} --as '{name}' --role {role}")
+        approve(str(run_id), name, role, approved=True, comment="demo")
+        _wait(run_id, lambda s, sid=state.id: s.id != sid, 60)
+
+
+def _transition(target: int, interactive: bool, ui: str, reports: Path,
+                during_watch: Any = None) -> tuple[Any, float, float | None]:
+    """Run the phase-transition deployment; returns (final state, seconds, breach->end s)."""
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.deployments import run_deployment
+
+    started = time.monotonic()
+    run = cast(FlowRun, run_deployment("phase-transition/phase-transition", timeout=0,
+                                       parameters={"target_phase": target,
+                                                   "reports_dir": str(reports), **DEMO_PARAMS}))
+    print(f"   run {run.id}: {ui}/runs/flow-run/{run.id}")
+    _approve_all(run.id, interactive, ui)
+    breach = None
+    if during_watch is not None:
+        breach = _when_watching(run.id, during_watch)
+    state = _wait(run.id, lambda s: s.is_final(), 600)
+    end = time.monotonic()
+    return state, end - started, (end - breach) if breach else None
+
+
+def _when_watching(run_id: UUID, action: Any) -> float:
+    """Wait until the run's metric watch has started, then do `action`; when it was done."""
+    from prefect.client.orchestration import get_client
+
+    from blocks.systems import PostgresConnection, load_block
+
+    pg = load_block(PostgresConnection, "lab-postgres")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        with pg.get_connection(pg.state_database) as conn:
+            if conn.execute("SELECT 1 FROM audit_log WHERE flow_run_id = %s AND action ="
+                            " 'stage metric watch: started'", (str(run_id),)).fetchone():
+                action()
+                return time.monotonic()
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(run_id).state
+        if state is not None and state.is_final():
+            return time.monotonic()
+        time.sleep(0.5)
+    raise LabError("the metric watch never started")
+
+
+def _phase(state_dsn: str) -> int:
+    with psycopg.connect(state_dsn) as conn:
+        return int(conn.execute("SELECT phase FROM phase_state").fetchone()[0])  # type: ignore[index]
+
+
+def run_demo(layout: LabLayout, interactive: bool = False) -> int:
+    """The demo story; returns the exit code (0 when both runs ended as expected)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from lab.supervisor import UpOptions, status, up
+    from phasegate.config import running_lab
+
+    t0 = time.monotonic()
+    _say("lab up")
+    doc = status(layout) if running_lab(layout) else up(layout, UpOptions())
+    api = doc["prefect"]["api_url"]
+    ui = api.removesuffix("/api")
+    if _phase(doc["postgres"]["state_dsn"]) != 1:
+        raise LabError("the demo starts in phase 1: run `phasegate lab down --purge` first")
+    server = _serve(layout, api)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: api}):
+            return _story(layout, doc, ui, interactive, t0)
+    finally:
+        if pid_alive(server.pid):
+            stop_pid(server.pid, signal.SIGINT, timeout=10)
+
+
+def _story(layout: LabLayout, doc: dict[str, Any], ui: str, interactive: bool,
+           t0: float) -> int:
+    from flows.trigger_check import trigger_check
+
+    _wait_deployment("phase-transition/phase-transition")
+    _say("trigger-check: is phase 2 due?")
+    report = trigger_check()
+    print(f"   {report['summary']}")
+    reports = layout.root / "reports"
+    _say("D-Day 10:00: GPU #2 installed on gpu-1 (phasegate lab gpus gpu-1 2)")
+    control.set_gpu_count(layout, "gpu-1", 2)
+    _say("phase 1 -> 2 (approvals by the CTO and the CFO)")
+    up_state, up_s, _ = _transition(2, interactive, ui, reports)
+    print(f"   {up_state.name} in {up_s:.0f} s; phase now {_phase(doc['postgres']['state_dsn'])}")
+    _say("planned step back 2 -> 1, with a fault during the watch (API answering 50 % errors)")
+    try:
+        down_state, down_s, breach_s = _transition(1, interactive, ui, reports, lambda: (
+            control.set_fault(layout, "api", "erroring", rate=0.5)))
+    finally:
+        control.clear_faults(layout)
+    phase = _phase(doc["postgres"]["state_dsn"])
+    restored = _phase2_live()
+    _summary(up_state, up_s, down_state, down_s, breach_s, phase, reports, ui, t0)
+    print(f"   live state after the rollback: {restored}")
+    ok = up_state.is_completed() and down_state.is_failed() and phase == 2
+    return 0 if ok and restored.startswith("phase 2") else 1
+
+
+def _phase2_live() -> str:
+    """Read back what phase 2 means (vLLM TP 2, Cloud Run 1-8, Redis 16gb allkeys-lru)."""
+    from blocks.systems import GcpConnection, GpuHost, RedisConnection, load_block
+    from tasks.cloud_run import read_service_settings
+    from tasks.gpu_hosts import container_spec
+    from tasks.redis_cache import read_memory_config
+
+    spec = container_spec(load_block(GpuHost, "lab-gpu-1"), "vllm-server") or {}
+    args = spec.get("args", [])
+    tp = args[args.index("--tensor-parallel-size") + 1] if "--tensor-parallel-size" in args \
+        else "?"
+    run = read_service_settings(load_block(GcpConnection, "lab-gcp"))
+    redis = read_memory_config(load_block(RedisConnection, "lab-redis"))
+    facts = (f"vLLM TP {tp} running={spec.get('running')}, Cloud Run "
+             f"{run['min_instances']}-{run['max_instances']}, Redis {redis['maxmemory']} "
+             f"{redis['maxmemory_policy']}")
+    phase2 = (tp == "2" and spec.get("running") and (run["min_instances"],
+              run["max_instances"]) == (1, 8) and redis["maxmemory_policy"] == "allkeys-lru")
+    return ("phase 2 verified: " if phase2 else "NOT phase 2: ") + facts
+
+
+def _summary(up_state: Any, up_s: float, down_state: Any, down_s: float,
+             breach_s: float | None, phase: int, reports: Path, ui: str, t0: float) -> None:
+    _say("summary")
+    print(f"   1 -> 2: {up_state.name} in {up_s:.0f} s (postmortem in {reports})")
+    print(f"   2 -> 1: {down_state.name} in {down_s:.0f} s: {down_state.message}")
+    if breach_s is not None:
+        print(f"   from the injected breach to rollback complete: {breach_s:.0f} s")
+    print(f"   phase now: {phase}")
+    print(f"   demo wall time: {time.monotonic() - t0:.0f} s ({datetime.now(UTC):%H:%M} UTC)")
+    print(f"   UI: {ui} (flow runs, their artifacts: approval form, load test, watch progress,"
+          " postmortem and incident report)")
