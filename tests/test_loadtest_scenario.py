@@ -297,4 +297,4 @@ def test_plan_load_test_becomes_options() -> None:
     options = load_plan().phase(2).load_test.to_options("phase2")
     assert list(options.scenarios) == ["phase2"]
     assert {t.key for t in options.parsed_thresholds()} == {
-        "http_req_duration", "errors", "http_req_duration{name:feedback}"}
+        "http_req_duration{name:questions}", "errors", "http_req_duration{name:feedback}"}
