@@ -16,7 +16,7 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run
 
-from phasegate.errors import ApprovalRejected
+from phasegate.errors import ApprovalExpired, ApprovalRejected
 from policy.plan import Approvals
 from policy.transition import ApprovalAnswer, ApprovalDecision, approval_outcome
 
@@ -74,7 +74,7 @@ def _pause(evidence_md: str, decision: ApprovalDecision, timeout_s: int, poll_s:
             timeout=timeout_s, poll_interval=poll_s)
     except FlowPauseTimeout:
         record(None, decision)
-        raise ApprovalRejected(f"approval expired after {timeout_s} s "
+        raise ApprovalExpired(f"approval expired after {timeout_s} s "
                                f"(still needed: {', '.join(decision.missing)})") from None
     assert isinstance(form, ApprovalForm)
     return form

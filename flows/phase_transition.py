@@ -27,6 +27,7 @@ from prefect.artifacts import (
 from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
+from prefect.states import Completed, State
 
 from blocks.systems import (
     GcpConnection,
@@ -40,6 +41,8 @@ from blocks.systems import (
 from flows.approvals import request_approvals
 from flows.sources import current_phase
 from phasegate.errors import (
+    ApprovalExpired,
+    ApprovalRejected,
     PhasegateError,
     PreconditionFailed,
     RemoteTimeout,
@@ -395,7 +398,7 @@ def phase_transition(target_phase: int, plan_path: str | None = None, dry_run: b
                      reports_dir: str = "reports",
                      vllm_ready_timeout: str = "10m", cash_usd: float | None = None,
                      monthly_burn_usd: float | None = None,
-                     prometheus_block: str | None = None) -> dict[str, Any]:
+                     prometheus_block: str | None = None) -> dict[str, Any] | State:
     """Move the system one phase up (or down) after approvals; roll back on any failure."""
     plan = load_plan(plan_path)
     pg = load_block(PostgresConnection, f"{prefix}-postgres")
@@ -412,12 +415,21 @@ def phase_transition(target_phase: int, plan_path: str | None = None, dry_run: b
         if current_phase(pg) != current:  # re-read under the lock: someone moved first
             raise SafetyStop(f"phase changed to {current_phase(pg)} meanwhile; run again")
         timeout = parse_duration(approval_timeout) if approval_timeout else plan.approvals.timeout
-        with run.stage("approval"):
-            request_approvals(plan.approvals, _evidence(run, changes, current, target_phase,
-                                                        cash_usd, monthly_burn_usd),
-                              int(timeout.total_seconds()),
-                              int(parse_duration(approval_poll).total_seconds()),
-                              _record_answer(run))
+        try:
+            with run.stage("approval"):
+                request_approvals(plan.approvals, _evidence(run, changes, current,
+                                                            target_phase, cash_usd,
+                                                            monthly_burn_usd),
+                                  int(timeout.total_seconds()),
+                                  int(parse_duration(approval_poll).total_seconds()),
+                                  _record_answer(run))
+        except ApprovalExpired:
+            raise  # Prefect ends a timed-out pause Failed whatever we return
+        except ApprovalRejected as exc:
+            send_notification(notifications, f"phase {current} -> {target_phase} rejected",
+                              str(exc))
+            # A "no" is a clean end, not a failure: nothing was changed.
+            return Completed(name="Rejected", message=str(exc))
         if dry_run:
             return {"outcome": "dry-run", "changes": changes.describe()}
         watch = _watch_config(plan, current, target_phase, watch_duration, watch_interval)

@@ -14,7 +14,8 @@ Retries and rollback branch on these types, never on message text::
     │   ├── PreconditionFailed        the world is not as required (e.g. too few GPUs)
     │   └── VerificationFailed        an applied change did not read back as intended
     ├── SafetyStop                    a guard refused to act; nothing was changed
-    │   ├── ApprovalRejected          an approver said no, or the approval expired
+    │   ├── ApprovalRejected          an approver said no
+    │   │   └── ApprovalExpired       nobody answered before the approval timeout
     │   └── TransitionLocked          another transition holds the lock
     └── LabError                      the embedded lab could not start, or is not running
 
@@ -24,6 +25,7 @@ Retries and rollback branch on these types, never on message text::
 from __future__ import annotations
 
 __all__ = [
+    "ApprovalExpired",
     "ApprovalRejected",
     "CapacityUnavailable",
     "ConfigError",
@@ -101,7 +103,11 @@ class SafetyStop(PhasegateError):
 
 
 class ApprovalRejected(SafetyStop):
-    """An approver rejected the transition, or the approval expired."""
+    """An approver rejected the transition (or nobody answered: ApprovalExpired)."""
+
+
+class ApprovalExpired(ApprovalRejected):
+    """Nobody answered the approval before its timeout."""
 
 
 class TransitionLocked(SafetyStop):

@@ -80,6 +80,9 @@ def _transition(args: argparse.Namespace) -> int:
                                  watch_interval=args.watch_interval,
                                  load_test_scale=args.scale, prefix=args.prefix,
                                  return_state=True)
+    if state.is_completed() and state.name == "Rejected":
+        print(f"phase transition rejected: {state.message}")
+        return 1
     if state.is_completed():
         print(f"phase transition: {state.result()}")
         return 0

@@ -91,7 +91,8 @@ def test_rejection_ends_cleanly_without_change(lab: dict[str, Any]) -> None:
     _answer("Alice Kim", "CTO", False, "not this week")
     t.join(60)
     state = out["state"]
-    assert state.is_failed() and "rejected by Alice Kim (CTO)" in state.message
+    assert state.is_completed() and state.name == "Rejected"
+    assert "rejected by Alice Kim (CTO)" in state.message
     assert _phase(lab) == 1
     settings = read_service_settings.fn(load_block(GcpConnection, "lab-gcp"))
     assert (settings["min_instances"], settings["max_instances"]) == (0, 3)
@@ -163,7 +164,8 @@ def test_one_person_cannot_approve_both_roles(lab: dict[str, Any]) -> None:
     _answer("Bob Lee", "CFO", False, comment="budget")
     t.join(120)
     state = out["state"]
-    assert state.is_failed() and "rejected by Bob Lee (CFO)" in state.message
+    assert state.is_completed() and state.name == "Rejected"
+    assert "rejected by Bob Lee (CFO)" in state.message
     with psycopg.connect(lab["postgres"]["state_dsn"]) as conn:
         rows = conn.execute("SELECT role, name, approved FROM approvals WHERE flow_run_id = %s"
                             " ORDER BY id", (run_id,)).fetchall()
