@@ -311,3 +311,42 @@ def test_rollback_flow_restores_the_last_snapshot(lab: dict[str, Any],
     result = rollback()
     assert result["phase"] == 1
     _assert_phase_1_intact(lab)
+
+
+def test_ssh_frozen_during_redeploy_is_retried_never_half_applied(
+        lab: dict[str, Any], gpu2_installed: None) -> None:
+    """gpu-1's sshd stops answering (SIGSTOP) for longer than the SSH timeout while the vLLM
+    redeploy runs: the SSH step is retried; the end state is phase 2 complete or, when the
+    outage's failed requests breach the watch's error rate, phase 1 fully restored."""
+    import os
+    import signal
+
+    sshd = int(lab["processes"]["ssh:gpu-1"])
+    t, out = _in_thread(lambda: phase_transition(target_phase=2, return_state=True, **FAST))
+    _answer("Alice Kim", "CTO", True)
+    _answer("Bob Lee", "CFO", True)
+    _wait_audit(lab, "stage vLLM redeploy: started", 120)
+    os.kill(sshd, signal.SIGSTOP)
+    try:
+        time.sleep(12)  # longer than the 10 s SSH timeout: the call in flight fails
+    finally:
+        os.kill(sshd, signal.SIGCONT)
+    t.join(300)
+    state = out["state"]
+    assert state.is_completed() or "metric watch" in state.message, state.message
+    with psycopg.connect(lab["postgres"]["state_dsn"]) as conn:
+        redeploy = conn.execute("SELECT action FROM audit_log WHERE action LIKE"
+                                " 'stage vLLM redeploy: %%' ORDER BY id DESC LIMIT 1").fetchone()
+    assert redeploy == ("stage vLLM redeploy: ok",)  # the frozen SSH call was retried
+    if not state.is_completed():
+        _assert_phase_1_intact(lab)
+        return
+    try:
+        assert _phase(lab) == 2
+        host = gpu_host_block(next(h for h in lab["gpu_hosts"] if h["name"] == "gpu-1"))
+        spec = container_spec.fn(host, "vllm-server")
+        assert spec and spec["running"] and spec["gpus"] == [0, 1]
+        settings = read_service_settings.fn(load_block(GcpConnection, "lab-gcp"))
+        assert (settings["min_instances"], settings["max_instances"]) == (1, 8)
+    finally:
+        _scale_back(lab)
