@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-__all__ = ["format_duration", "parse_duration"]
+__all__ = ["format_duration", "parse_duration", "positive_duration", "to_duration"]
 
 # Largest unit first: Prometheus requires that order ("1h30m", never "30m1h").
 _UNITS: dict[str, timedelta] = {
@@ -61,3 +61,15 @@ def format_duration(value: timedelta) -> str:
         if count:
             out.append(f"{count}{unit}")
     return "".join(out)
+
+
+def to_duration(value: object) -> timedelta:
+    """A timedelta as is, else `parse_duration(value)` (a pydantic BeforeValidator)."""
+    return value if isinstance(value, timedelta) else parse_duration(value)
+
+
+def positive_duration(value: timedelta) -> timedelta:
+    """`value` if longer than 0 s, else ValueError (a pydantic AfterValidator)."""
+    if value <= timedelta(0):
+        raise ValueError("must be longer than 0s")
+    return value

@@ -35,7 +35,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from phasegate.errors import PlanError
-from policy.durations import format_duration, parse_duration
+from policy.durations import format_duration, parse_duration, positive_duration, to_duration
 from policy.loadtest.scenario import (
     ConstantArrivalRate,
     ConstantVus,
@@ -116,16 +116,6 @@ def _join(prefix: str, sub: str) -> str:
 
 # ---------------------------------------------------------------- scalar types
 
-def _to_duration(value: object) -> timedelta:
-    return value if isinstance(value, timedelta) else parse_duration(value)
-
-
-def _positive_duration(value: timedelta) -> timedelta:
-    if value <= timedelta(0):
-        raise ValueError("must be longer than 0s")
-    return value
-
-
 def _to_clock(value: object) -> time:
     if isinstance(value, time):
         return value
@@ -139,7 +129,7 @@ def _to_clock(value: object) -> time:
 
 
 Duration = Annotated[
-    timedelta, BeforeValidator(_to_duration), AfterValidator(_positive_duration),
+    timedelta, BeforeValidator(to_duration), AfterValidator(positive_duration),
     PlainSerializer(format_duration, return_type=str),
 ]
 ClockTime = Annotated[

@@ -40,7 +40,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from phasegate.errors import PlanError
-from policy.durations import format_duration, parse_duration
+from policy.durations import format_duration, positive_duration, to_duration
 from policy.loadtest.thresholds import Threshold, ThresholdsSpec, parse_thresholds
 
 __all__ = [
@@ -83,16 +83,6 @@ def raise_problems(problems: Problems) -> None:
 
 # ---------------------------------------------------------------- field types
 
-def _to_duration(value: object) -> timedelta:
-    return value if isinstance(value, timedelta) else parse_duration(value)
-
-
-def _positive(value: timedelta) -> timedelta:
-    if value <= timedelta(0):
-        raise ValueError("must be longer than 0s")
-    return value
-
-
 def _tag_value(value: object) -> object:
     # k6 turns tag values into strings; YAML reads `phase: 1` as a number.
     return str(value).lower() if isinstance(value, bool) else (
@@ -100,9 +90,9 @@ def _tag_value(value: object) -> object:
 
 
 _AsString = PlainSerializer(format_duration, return_type=str)
-Duration = Annotated[timedelta, BeforeValidator(_to_duration), AfterValidator(_positive),
+Duration = Annotated[timedelta, BeforeValidator(to_duration), AfterValidator(positive_duration),
                      _AsString]
-Delay = Annotated[timedelta, BeforeValidator(_to_duration), _AsString]  # 0s allowed
+Delay = Annotated[timedelta, BeforeValidator(to_duration), _AsString]  # 0s allowed
 TagValue = Annotated[str, BeforeValidator(_tag_value)]
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
