@@ -19,8 +19,9 @@ from blocks.systems import (
     PrometheusConnection,
     RedisConnection,
 )
+from tasks.transitions import TRANSITION_LIMIT
 
-__all__ = ["LAB_BLOCK_NAME", "TRANSITION_LIMIT", "lab_blocks", "save_lab_blocks"]
+__all__ = ["LAB_BLOCK_NAME", "lab_blocks", "save_lab_blocks"]
 
 LAB_BLOCK_NAME = "lab"
 
@@ -60,9 +61,6 @@ def gpu_host_block(h: dict[str, Any]) -> GpuHost:
                    private_key=SecretStr(Path(h["key_path"]).read_text()),
                    known_hosts="\n".join(lines),
                    vllm_port=int(h["vllm_port"]), models_dir=h["models_dir"])
-
-
-TRANSITION_LIMIT = "phase-transition"
 
 
 def save_lab_blocks(state: dict[str, Any]) -> list[str]:

@@ -115,15 +115,28 @@ class GpuHost(Block):
         """The vLLM server on this host."""
         return f"http://{self.host}:{self.vllm_port}"
 
-    def get_client(self) -> paramiko.SSHClient:
-        """A connected SSHClient; raises paramiko.BadHostKeyException / SSHException when the
-        host key is wrong or unknown."""
-        client = paramiko.SSHClient()
+    def host_keys(self) -> paramiko.HostKeys:
+        """The keys of the Block's known_hosts lines."""
+        keys = paramiko.HostKeys()
         for line in self.known_hosts.splitlines():
             entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
             if entry is not None and entry.key is not None:
                 for hostname in entry.hostnames:
-                    client.get_host_keys().add(hostname, entry.key.get_name(), entry.key)
+                    keys.add(hostname, entry.key.get_name(), entry.key)
+        return keys
+
+    def has_host_key(self) -> bool:
+        """Whether known_hosts holds a key for this host and port."""
+        name = self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+        return self.host_keys().lookup(name) is not None
+
+    def get_client(self) -> paramiko.SSHClient:
+        """A connected SSHClient; raises paramiko.BadHostKeyException / SSHException when the
+        host key is wrong or unknown."""
+        client = paramiko.SSHClient()
+        for hostname, keys in self.host_keys().items():
+            for keytype, key in keys.items():
+                client.get_host_keys().add(hostname, keytype, key)
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         client.connect(hostname=self.host, port=self.port, username=self.user,
                        pkey=_load_key(self.private_key.get_secret_value()),

@@ -79,12 +79,10 @@ from tasks.notifications import send_notification
 from tasks.postgres import monthly_revenue
 from tasks.prometheus import query_instant
 from tasks.redis_cache import apply_memory_config, read_memory_config
+from tasks.transitions import TRANSITION_LIMIT
 from tasks.vllm import queue_depth, server_errors
 
 __all__ = ["Run", "Target", "connect", "deploy", "one_at_a_time", "phase_transition"]
-
-TRANSITION_LIMIT = "phase-transition"
-
 
 @dataclass
 class Run:
@@ -173,10 +171,9 @@ def _evidence(run: Run, changes: ChangeSet, from_phase: int, to_phase: int,
     lines = [f"# Phase {from_phase} -> {to_phase}: approval", "", "## What will change"]
     lines += [f"- {line}" for line in changes.describe()]
     with run.pg.get_connection(run.pg.state_database) as conn:
-        row = conn.execute("SELECT report->>'summary' FROM trigger_evaluations"
-                           " WHERE to_phase = %s ORDER BY id DESC LIMIT 1",
-                           (to_phase,)).fetchone()
-    lines += ["", "## Triggers", f"- {row[0] if row else 'no trigger evaluation recorded'}"]
+        report = state_store.last_trigger_report(conn, to_phase)
+    summary = report["summary"] if report else "no trigger evaluation recorded"
+    lines += ["", "## Triggers", f"- {summary}"]
     check = financial_check(monthly_revenue(run.pg), changes.cost_after_usd, cash_usd, burn_usd)
     lines += ["", "## Financial check (seed D-1)"]
     lines += [f"- {item.name}: **{item.status}** ({item.detail})" for item in check.items]
@@ -497,10 +494,9 @@ def _report(run: Run, current: int, target: int, watch: Watch,
     after = _key_metrics(run, watch)
     with run.pg.get_connection(run.pg.state_database) as conn:
         approvals = state_store.list_approvals(conn, run.run_id)
-        row = conn.execute("SELECT report FROM trigger_evaluations WHERE to_phase = %s"
-                           " ORDER BY id DESC LIMIT 1", (target,)).fetchone()
+        report = state_store.last_trigger_report(conn, target)
     triggered = [f"{c['text']} (latest {c['latest_value']})" for c in
-                 (row[0]["conditions"] if row else []) if c["verdict"] == "met"]
+                 (report["conditions"] if report else []) if c["verdict"] == "met"]
     if run.switch_failures is not None:
         problems = [*problems, f"failed requests during the vLLM switch: {run.switch_failures}"]
     facts = PostmortemFacts(

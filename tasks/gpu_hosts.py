@@ -65,7 +65,7 @@ def _connect(host: GpuHost) -> paramiko.SSHClient:
     """Connect, sorting failures: unreachable is transient, a wrong host key or a refused
     login is not (retrying cannot fix it, and a wrong key may mean a different machine)."""
     where = f"{host.name} ({host.host}:{host.port})"
-    if not _known(host):
+    if not host.has_host_key():
         raise PreconditionFailed(f"{where}: no known_hosts entry for this host; refusing "
                                  "(host keys are always verified)")
     try:
@@ -81,14 +81,6 @@ def _connect(host: GpuHost) -> paramiko.SSHClient:
         raise RemoteTimeout(f"{where}: SSH handshake failed: {exc}") from exc
     except (TimeoutError, OSError) as exc:
         raise RemoteTimeout(f"{where}: cannot connect: {exc}") from exc
-
-
-def _known(host: GpuHost) -> bool:
-    """Whether the Block's known_hosts has a key for this host and port."""
-    name = host.host if host.port == 22 else f"[{host.host}]:{host.port}"
-    entries = (paramiko.hostkeys.HostKeyEntry.from_line(line)
-               for line in host.known_hosts.splitlines() if line.strip())
-    return any(e is not None and name in e.hostnames for e in entries)
 
 
 @task(retries=2, retry_delay_seconds=[1, 3], retry_condition_fn=only_transient)

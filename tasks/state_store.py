@@ -19,7 +19,8 @@ from psycopg.types.json import Jsonb
 from phasegate.errors import TransitionLocked
 
 __all__ = ["SCHEMA_SQL", "TRANSITION_LOCK_KEY", "Snapshot", "append_audit",
-           "create_state_schema", "last_trigger_state", "latest_snapshot", "list_approvals",
+           "create_state_schema", "last_trigger_report", "last_trigger_state",
+           "latest_snapshot", "list_approvals",
            "read_current_phase", "record_approval", "save_forecast", "save_postmortem",
            "save_snapshot", "save_trigger_evaluation", "set_phase", "transition_lock"]
 
@@ -135,6 +136,13 @@ def save_trigger_evaluation(conn: psycopg.Connection[Any], from_phase: int, to_p
     conn.commit()
     assert row is not None
     return int(row[0])
+
+
+def last_trigger_report(conn: psycopg.Connection[Any], to_phase: int) -> dict[str, Any] | None:
+    """The report of the latest evaluation of the transition to `to_phase` (its evidence)."""
+    row = conn.execute("SELECT report FROM trigger_evaluations WHERE to_phase = %s"
+                       " ORDER BY at DESC, id DESC LIMIT 1", (to_phase,)).fetchone()
+    return None if row is None else dict(row[0])
 
 
 def last_trigger_state(conn: psycopg.Connection[Any], to_phase: int) -> dict[str, Any] | None:

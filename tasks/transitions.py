@@ -16,9 +16,12 @@ from prefect.client.schemas.objects import StateType
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
-__all__ = ["TRANSITION_DEPLOYMENT", "create_transition_run", "open_transition_runs"]
+__all__ = ["TRANSITION_DEPLOYMENT", "TRANSITION_LIMIT", "create_transition_run",
+           "open_transition_runs"]
 
 TRANSITION_DEPLOYMENT = "phase-transition/phase-transition"
+# The global concurrency limit that lets one phase transition run at a time.
+TRANSITION_LIMIT = "phase-transition"
 _OPEN = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED,
          StateType.CANCELLING]
 
