@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,14 @@ from policy.transition import (
     format_redis_bytes,
     plan_changes,
 )
-from policy.watch import WatchState, assess_value, progress, record, watch_verdict
+from policy.watch import (
+    WatchState,
+    assess_value,
+    progress,
+    record,
+    scoped_query,
+    watch_verdict,
+)
 from tasks import state_store
 from tasks.backup import archive_models, backup_database
 from tasks.cloud_run import apply_service_settings, read_service_settings
@@ -365,10 +372,11 @@ def _watch(run: Run, watch: Watch) -> WatchState:
     artifact = create_progress_artifact(progress=0.0, key="transition-watch",
                                         description="metric watch")
     started = time.monotonic()
+    time.sleep(watch.min_window.total_seconds())  # the first window: only samples from now on
     for _ in range(watch.measurements + 1):  # bounded by the plan, not by the clock alone
         elapsed = time.monotonic() - started
         for metric in watch.metrics:
-            m = query_instant(run.prom, metric.query)
+            m = query_instant(run.prom, scoped_query(metric, watch, timedelta(seconds=elapsed)))
             state = record(state, metric.name, assess_value(metric, m.value, m.error),
                            m.value, m.error, elapsed)
         decision = watch_verdict(state, watch, elapsed)
@@ -389,6 +397,7 @@ def _watch(run: Run, watch: Watch) -> WatchState:
 @flow(name="phase-transition", log_prints=True)
 def phase_transition(target_phase: int, plan_path: str | None = None, dry_run: bool = False,
                      watch_duration: str | None = None, watch_interval: str | None = None,
+                     watch_min_window: str | None = None,
                      load_test_scale: float = 1.0, approval_timeout: str | None = None,
                      approval_poll: str = "2s", prefix: str = "lab",
                      notifications: str = "custom-webhook/lab-slack",
@@ -429,20 +438,18 @@ def phase_transition(target_phase: int, plan_path: str | None = None, dry_run: b
             return Completed(name="Rejected", message=str(exc))
         if dry_run:
             return {"outcome": "dry-run", "changes": changes.describe()}
-        watch = _watch_config(plan, current, target_phase, watch_duration, watch_interval)
+        watch = _watch_config(plan, current, target_phase, watch_duration, watch_interval,
+                              watch_min_window)
         return _execute(run, changes, current, target_phase, watch, load_test_scale,
                         Path(reports_dir))
 
 
 def _watch_config(plan: Plan, current: int, target: int, duration: str | None,
-                  interval: str | None) -> Watch:
+                  interval: str | None, min_window: str | None) -> Watch:
+    """The plan's watch for this step, with the run's (time-compressed) overrides."""
     base = plan.transition(min(current, target), max(current, target)).watch
-    update: dict[str, Any] = {}
-    if duration:
-        update["duration"] = parse_duration(duration)
-    if interval:
-        update["interval"] = parse_duration(interval)
-    return base.model_copy(update=update)
+    given = {"duration": duration, "interval": interval, "min_window": min_window}
+    return base.model_copy(update={k: parse_duration(v) for k, v in given.items() if v})
 
 
 def _execute(run: Run, changes: ChangeSet, current: int, target: int, watch: Watch,
@@ -482,16 +489,20 @@ def _execute(run: Run, changes: ChangeSet, current: int, target: int, watch: Wat
     return {"outcome": "success", "phase": target, "actions": run.actions}
 
 
-def _key_metrics(run: Run, watch: Watch) -> dict[str, tuple[float | None, str]]:
-    """The watch's own metrics (the plan's queries: API p95, GPU utilisation, error rate, LLM
-    queue) right now, for the postmortem's before/after."""
-    return {m.name: (query_instant(run.prom, m.query).value, m.unit) for m in watch.metrics}
+def _key_metrics(run: Run, watch: Watch,
+                 window: timedelta | None = None) -> dict[str, tuple[float | None, str]]:
+    """The watch's own metrics (API p95, GPU utilisation, error rate, LLM queue) right now, for
+    the postmortem's before/after: as the plan writes them, or over the last `window` only."""
+    queries = {m.name: scoped_query(m, watch, window) if window else m.query
+               for m in watch.metrics}
+    return {m.name: (query_instant(run.prom, queries[m.name]).value, m.unit)
+            for m in watch.metrics}
 
 
 def _report(run: Run, current: int, target: int, watch: Watch,
             before: dict[str, tuple[float | None, str]], reports: Path, failure: str | None,
             problems: list[str]) -> str:
-    after = _key_metrics(run, watch)
+    after = _key_metrics(run, watch, watch.duration)  # the watch's span, not the switch
     with run.pg.get_connection(run.pg.state_database) as conn:
         approvals = state_store.list_approvals(conn, run.run_id)
         report = state_store.last_trigger_report(conn, target)

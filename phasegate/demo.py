@@ -35,7 +35,8 @@ __all__ = ["run_demo"]
 
 # Compressed time: a 2-hour watch becomes 24 s; the 9-minute load test ~5 s.
 DEMO_PARAMS: dict[str, Any] = {
-    "watch_duration": "24s", "watch_interval": "2s", "load_test_scale": 0.01,
+    "watch_duration": "24s", "watch_interval": "2s", "watch_min_window": "5s",
+    "load_test_scale": 0.01,
     "approval_timeout": "30m", "approval_poll": "1s", "vllm_ready_timeout": "60s"}
 
 

@@ -27,6 +27,8 @@ def register(sub: Any) -> None:
     tr.add_argument("--dry-run", action="store_true", help="approvals only; change nothing")
     tr.add_argument("--watch", help="metric watch duration (default: the plan's, e.g. 2h)")
     tr.add_argument("--watch-interval", help="metric watch interval (default: the plan's)")
+    tr.add_argument("--watch-min-window",
+                    help="shortest range window of a watch query (default: the plan's, 1m)")
     tr.add_argument("--scale", type=float, default=1.0, help="load-test time scale")
     tr.add_argument("--plan", help="plan file (default plans/dreamseed.yaml)")
     tr.add_argument("--prefix", default="lab", help="Block name prefix (default: lab)")
@@ -78,6 +80,7 @@ def _transition(args: argparse.Namespace) -> int:
         state = phase_transition(target_phase=args.target, plan_path=args.plan,
                                  dry_run=args.dry_run, watch_duration=args.watch,
                                  watch_interval=args.watch_interval,
+                                 watch_min_window=args.watch_min_window,
                                  load_test_scale=args.scale, prefix=args.prefix,
                                  return_state=True)
     if state.is_completed() and state.name == "Rejected":

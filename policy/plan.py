@@ -601,6 +601,9 @@ class Watch(_Model):
     failure_limit: NonNegativeInt = 0
     consecutive_error_limit: NonNegativeInt = 4
     inconclusive_limit: NonNegativeInt = 0
+    # Each query's range windows are cut to the time since the watch began (never below this),
+    # so the switch's outage and the load test's tail are not judged as the new phase.
+    min_window: Duration = timedelta(minutes=1)
     metrics: Annotated[list[WatchMetric], Field(min_length=1)]
 
     @property

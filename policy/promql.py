@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from policy.durations import format_duration, parse_duration
 from policy.metrics import KNOWN_METRICS, is_known_metric
 
-__all__ = ["MIN_RANGE_WINDOW", "metric_names", "promql_problems", "range_windows"]
+__all__ = ["MIN_RANGE_WINDOW", "clamp_windows", "metric_names", "promql_problems",
+           "range_windows"]
 
 # History is backfilled at a 5 min step: a shorter window can hold a single sample, and rate()
 # over one sample is empty. 10m guarantees two (lab/README.md, "History").
@@ -42,6 +43,7 @@ _CLOSERS = {"{": "}", "[": "]"}
 class _Token:
     kind: str  # ident | braces | range | punct
     text: str
+    at: int = field(default=-1, compare=False)  # where the token starts in the query
 
 
 def _skip_string(query: str, start: int) -> int:
@@ -92,7 +94,7 @@ def _tokenize(query: str) -> tuple[list[_Token], list[str]]:
             if end < 0:
                 return tokens, [f"unclosed '{char}'"]
             kind = "braces" if char == "{" else "range"
-            tokens.append(_Token(kind, query[i + 1 : end - 1]))
+            tokens.append(_Token(kind, query[i + 1 : end - 1], i))
             i = end
         elif match := _NUMBER.match(query, i):
             i = match.end()
@@ -149,6 +151,28 @@ def range_windows(query: str) -> list[str]:
     """The range part of every `[...]` in the query: "10m" for `[10m]`, "1h" for `[1h:5m]`."""
     tokens, _ = _tokenize(query)
     return [t.text.split(":", 1)[0].strip() for t in tokens if t.kind == "range"]
+
+
+def clamp_windows(query: str, longest: timedelta) -> str:
+    """The query with every range window longer than `longest` cut to it: `[10m]` becomes
+    `[45s]` for 45 s, `[1h:5m]` becomes `[45s:5m]`. Shorter windows and everything else are
+    kept as written. The watch uses it so a window never reaches back before the change.
+    """
+    tokens, problems = _tokenize(query)
+    if problems:
+        return query  # Prometheus will say what is wrong with it
+    cut = format_duration(longest)
+    parts, done = [], 0
+    for token in (t for t in tokens if t.kind == "range"):
+        window, colon, step = token.text.partition(":")
+        try:
+            too_long = parse_duration(window.strip()) > longest
+        except ValueError:
+            continue  # not ours to fix: promql_problems reports it
+        if too_long:
+            parts += [query[done:token.at], f"[{cut}{colon}{step}]"]
+            done = token.at + len(token.text) + 2
+    return "".join(parts) + query[done:]
 
 
 def _balance_problems(tokens: list[_Token]) -> list[str]:

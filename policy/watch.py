@@ -15,6 +15,9 @@ Prometheus unreachable), classifies it with `assess_value`, folds it into a `Wat
   measured is an error, one measured but never successful is inconclusive.
 - otherwise running.
 
+Every measurement runs the metric's query with its range windows cut to the time since the
+watch began (`scoped_query`), so the switch and the load test are never judged as the new phase.
+
 The state is a plain JSON-ready value (`to_dict` / `from_dict`) so the flow can persist it.
 """
 
@@ -23,9 +26,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from typing import Any, Literal, get_args
 
 from policy.plan import Watch, WatchMetric
+from policy.promql import clamp_windows
 
 __all__ = [
     "KEEP_MEASUREMENTS",
@@ -38,6 +43,7 @@ __all__ = [
     "assess_value",
     "progress",
     "record",
+    "scoped_query",
     "watch_verdict",
 ]
 
@@ -232,6 +238,13 @@ def _never_passed(state: WatchState, watch: Watch) -> WatchDecision | None:
             return WatchDecision("inconclusive", f"{metric.name}: no successful measurement "
                                  f"during the watch ({counts})", metric.name)
     return None
+
+
+def scoped_query(metric: WatchMetric, watch: Watch, since_start: timedelta) -> str:
+    """The metric's query with its range windows cut to the time since the watch began (at
+    least `watch.min_window`): a measurement judges the new phase only, not the switch's
+    outage or the load test's tail that a 10m window would still hold."""
+    return clamp_windows(metric.query, max(since_start, watch.min_window))
 
 
 def watch_verdict(state: WatchState, watch: Watch, elapsed_s: float) -> WatchDecision:

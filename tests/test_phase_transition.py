@@ -36,7 +36,8 @@ from tasks.gpu_hosts import container_spec
 pytestmark = pytest.mark.lab
 
 REPORTS = Path(tempfile.mkdtemp(prefix="phasegate-reports-"))
-FAST = {"watch_duration": "6s", "watch_interval": "2s", "load_test_scale": 0.005,
+FAST = {"watch_duration": "6s", "watch_interval": "2s", "watch_min_window": "5s",
+        "load_test_scale": 0.005,
         "approval_timeout": "60s", "approval_poll": "1s", "vllm_ready_timeout": "20s",
         "reports_dir": str(REPORTS)}
 

@@ -22,7 +22,7 @@ from policy.plan import (
     sql_problems,
     validate_plan_data,
 )
-from policy.promql import metric_names, promql_problems, range_windows
+from policy.promql import clamp_windows, metric_names, promql_problems, range_windows
 
 Data = dict[str, Any]
 
@@ -320,6 +320,16 @@ def test_format_duration_is_shortest() -> None:
 ])
 def test_metric_names(query: str, names: list[str]) -> None:
     assert metric_names(query) == names
+
+
+def test_clamp_windows_cuts_only_longer_windows_and_keeps_the_rest() -> None:
+    query = ('100 * sum(rate(x{a="[1h]"}[10m])) / sum(rate(y[10m] offset 1h))'
+             " + max_over_time(z[1h:5m]) + rate(w[30s])")
+    assert clamp_windows(query, timedelta(seconds=45)) == (
+        '100 * sum(rate(x{a="[1h]"}[45s])) / sum(rate(y[45s] offset 1h))'
+        " + max_over_time(z[45s:5m]) + rate(w[30s])")
+    assert clamp_windows(query, timedelta(hours=2)) == query
+    assert clamp_windows("rate(x[10m)", timedelta(seconds=5)) == "rate(x[10m)"  # unclosed [
 
 
 def test_range_windows() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from policy.watch import (
     assess_value,
     progress,
     record,
+    scoped_query,
     watch_verdict,
 )
 
@@ -234,3 +236,28 @@ def test_empty_state_lists_every_metric_and_judges_like_a_new_one() -> None:
     assert set(state.metrics) == {"gpu-util", "error-rate"}
     assert watch_verdict(state, watch, 600) == watch_verdict(WatchState(), watch, 600)
     assert WatchState.from_dict(json.loads(json.dumps(state.to_dict()))) == state
+
+
+# ---------------------------------------------------------------- scoped_query
+
+
+@pytest.mark.parametrize(("since_start", "window"), [
+    (0, "1m"),          # before min_window has passed: min_window (the flow waits for it)
+    (59, "1m"),
+    (150, "2m30s"),     # the time since the watch began
+    (600, "10m"),
+    (7200, "10m"),      # never longer than the plan wrote
+])
+def test_scoped_query_cuts_windows_to_the_time_since_the_watch_began(
+        since_start: float, window: str) -> None:
+    watch = make_watch()
+    query = scoped_query(ERRORS, watch, timedelta(seconds=since_start))
+    assert query == f"sum(rate(http_requests_total[{window}]))"
+
+
+def test_scoped_query_keeps_queries_without_windows_and_honours_min_window() -> None:
+    watch = make_watch(min_window="30s")
+    assert scoped_query(GPU, watch, timedelta(0)) == GPU.query
+    assert scoped_query(ERRORS, watch, timedelta(0)) == "sum(rate(http_requests_total[30s]))"
+    with pytest.raises(ValueError, match="min_window"):
+        make_watch(min_window="0s")
