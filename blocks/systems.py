@@ -23,6 +23,8 @@ from prometheus_api_client import PrometheusConnect
 from pydantic import Field, SecretStr
 from urllib3.util.retry import Retry
 
+from phasegate.config import VLLM_URLS_ENV
+
 __all__ = ["GcpConnection", "GpuHost", "HttpEndpoint", "PostgresConnection",
            "PrometheusConnection", "load_block",
            "RedisConnection"]
@@ -163,6 +165,10 @@ class GcpConnection(Block):
     zone: str = Field(default="asia-northeast3-a", description="Compute zone.")
     cloud_run_service: str = Field(description="Service id, e.g. dreamseed-api.")
     api_endpoint: str | None = Field(default=None, description="Override (the lab's emulator).")
+    vllm_urls_env: str = Field(
+        default=VLLM_URLS_ENV,
+        description="Env var of the API container listing the vLLM base URLs (comma-separated);"
+                    " a transition routes traffic with it. Empty: the API finds vLLM otherwise.")
     service_account_info: SecretStr | None = Field(
         default=None, description="Service-account JSON; empty = application default creds.")
 

@@ -10,6 +10,7 @@ verified), marks the run Failed and writes an incident report. Decisions live in
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,8 +25,7 @@ from prefect.artifacts import (
     create_progress_artifact,
     update_progress_artifact,
 )
-from prefect.client.orchestration import get_client
-from prefect.concurrency.sync import concurrency
+from prefect.exceptions import MissingContextError
 from prefect.runtime import flow_run
 from prefect.states import Completed, State
 
@@ -43,9 +43,7 @@ from flows.sources import current_phase
 from phasegate.errors import (
     ApprovalExpired,
     ApprovalRejected,
-    PhasegateError,
     PreconditionFailed,
-    RemoteTimeout,
     SafetyStop,
     TransitionLocked,
     VerificationFailed,
@@ -73,6 +71,7 @@ from tasks import state_store
 from tasks.backup import archive_models, backup_database
 from tasks.cloud_run import apply_service_settings, read_service_settings
 from tasks.gpu_hosts import (
+    container_matches,
     container_spec,
     detect_gpus,
     remove_container,
@@ -86,7 +85,13 @@ from tasks.notifications import send_notification
 from tasks.postgres import monthly_revenue
 from tasks.prometheus import query_instant
 from tasks.redis_cache import apply_memory_config, read_memory_config
-from tasks.transitions import TRANSITION_LIMIT
+from tasks.transitions import (
+    TRANSITION_LIMIT,
+    give_back_slot,
+    keep_slot,
+    mark_crashed,
+    take_slot,
+)
 from tasks.vllm import queue_depth, server_errors
 
 __all__ = ["Run", "Target", "connect", "deploy", "one_at_a_time", "phase_transition"]
@@ -105,7 +110,9 @@ class Run:
     notifications: str
     run_id: str
     vllm_ready_timeout_s: float = 600.0
+    slot_lease_s: float = 120.0       # renewed every 40 s; a dead run's slot is given back
     switch_failures: int | None = None
+    resumed_from: str | None = None   # the run that died mid-way and whose snapshot this took
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
     timeline: list[dict[str, Any]] = field(default_factory=list)
     actions: list[tuple[str, str, str]] = field(default_factory=list)
@@ -113,7 +120,7 @@ class Run:
 
     def audit(self, action: str, **detail: Any) -> None:
         """Append to the audit table (and the log)."""
-        get_run_logger().info("%s %s", action, detail or "")
+        _logger().info("%s %s", action, detail or "")
         with self.pg.get_connection(self.pg.state_database) as conn:
             state_store.append_audit(conn, "phase-transition", action, detail, self.run_id)
 
@@ -134,6 +141,14 @@ class Run:
             self.audit(f"stage {name}: {outcome}")
 
 
+def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The flow run's logger; the module's outside a run (deploy() called by a bench)."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
+
+
 def connect(plan: Plan, prefix: str, notifications: str, phases: list[int],
              prometheus_block: str | None = None) -> Run:
     hosts = {h.name for p in phases for h in plan.phase(p).gpu_hosts}
@@ -151,26 +166,36 @@ def connect(plan: Plan, prefix: str, notifications: str, phases: list[int],
 
 @contextmanager
 def one_at_a_time(run: Run) -> Iterator[None]:
-    """A Prefect global concurrency limit (strict) AND a PostgreSQL advisory lock: the second
-    transition is refused whatever Prefect is configured to do."""
-    try:
-        with concurrency(TRANSITION_LIMIT, occupy=1, timeout_seconds=10, strict=True), \
-                run.pg.get_connection(run.pg.state_database) as conn, \
-                state_store.transition_lock(conn):
-            yield
-    except TimeoutError as exc:
-        if _slots_taken():
-            raise TransitionLocked("another phase transition is running (concurrency limit "
-                                   f"'{TRANSITION_LIMIT}' is taken)") from exc
-        # The slot was free: the API was too slow to grant it. Safe to retry the run.
-        raise RemoteTimeout(f"Prefect did not grant the '{TRANSITION_LIMIT}' slot in "
-                            "10 s although it is free; run again") from exc
+    """A PostgreSQL advisory lock AND a Prefect global concurrency slot: the second transition
+    is refused whatever Prefect is configured to do.
+
+    The lock comes first: it lives exactly as long as its holder's session, so while this run
+    holds it, a taken slot can only belong to a run whose process died; that slot is given back
+    (its lease id was recorded) instead of waiting for its lease to expire."""
+    with run.pg.get_connection(run.pg.state_database) as conn, \
+            state_store.transition_lock(conn):
+        lease = _take_slot(run, conn)
+        try:
+            with keep_slot(lease, run.slot_lease_s):
+                yield
+        finally:
+            give_back_slot(lease)
+            state_store.mark_slot_released(conn, lease, run.run_id)
 
 
-def _slots_taken() -> bool:
-    with get_client(sync_client=True) as client:
-        limit = client.read_global_concurrency_limit_by_name(TRANSITION_LIMIT)
-    return limit.active_slots >= limit.limit
+def _take_slot(run: Run, conn: Any) -> str:
+    lease = take_slot(run.slot_lease_s)
+    if lease is None:
+        for dead_lease, dead_run in state_store.unreleased_slot_leases(conn):
+            give_back_slot(dead_lease)
+            state_store.mark_slot_released(conn, dead_lease, run.run_id)
+            run.audit("gave back the slot of a run that died", run=dead_run, lease=dead_lease)
+        lease = take_slot(run.slot_lease_s)
+    if lease is None:
+        raise TransitionLocked(f"the '{TRANSITION_LIMIT}' concurrency slot is taken although "
+                               "no phase transition holds the lock; check the limit in Prefect")
+    state_store.record_slot_lease(conn, lease, run.run_id)
+    return lease
 
 
 def _evidence(run: Run, changes: ChangeSet, from_phase: int, to_phase: int,
@@ -204,17 +229,45 @@ def _record_answer(run: Run) -> Callable[[Any, Any], None]:
 # ---------------------------------------------------------------- snapshot, backup, GPUs
 
 
-def _snapshot(run: Run, specs: list[ContainerSpec], phase: int) -> dict[str, Any]:
-    """The live state the transition changes, stored before any change."""
-    names = {(s.host, s.name) for s in specs}
-    containers = [c for c in (container_spec(run.hosts[h], n) for h, n in sorted(names)) if c]
-    snap = {"containers": containers, "cloud_run": read_service_settings(run.gcp),
-            "redis": read_memory_config(run.redis)}
+SNAPSHOT_COMPONENTS = ("containers", "cloud_run", "redis")
+
+
+def _snapshot(run: Run, changes: ChangeSet, phase: int, to_phase: int) -> dict[str, Any]:
+    """The state the transition changes, stored before any change. When a run from this phase
+    died mid-way (its snapshot never closed), its snapshot is the state before any change: this
+    run takes it over, so its changes converge and a rollback restores the true start."""
     with run.pg.get_connection(run.pg.state_database) as conn:
-        for component in ("containers", "cloud_run", "redis"):
+        prior = state_store.interrupted_run(conn, phase)
+    snap = _take_over(run, prior, to_phase) if prior else _read_live(run, changes)
+    with run.pg.get_connection(run.pg.state_database) as conn:
+        for component in SNAPSHOT_COMPONENTS:
             state_store.save_snapshot(conn, run.run_id, phase, component,
-                                      {"value": snap[component]})
+                                      {"value": snap[component]}, to_phase)
+        if prior:
+            state_store.close_snapshots(conn, prior.flow_run_id, f"resumed by {run.run_id}")
     return snap
+
+
+def _read_live(run: Run, changes: ChangeSet) -> dict[str, Any]:
+    names = {(s.host, s.name) for s in [*changes.vllm_before, *changes.vllm_after]}
+    containers = [c for c in (container_spec(run.hosts[h], n) for h, n in sorted(names)) if c]
+    return {"containers": containers, "cloud_run": read_service_settings(run.gcp),
+            "redis": read_memory_config(run.redis)}
+
+
+def _take_over(run: Run, prior: state_store.Interrupted, to_phase: int) -> dict[str, Any]:
+    """The snapshot of a run that died mid-way, if it was going where this run goes."""
+    where = f"run {prior.flow_run_id} (phase {prior.phase} -> {prior.to_phase})"
+    if prior.to_phase != to_phase or set(SNAPSHOT_COMPONENTS) - prior.payloads.keys():
+        raise SafetyStop(f"{where} ended without an outcome after its snapshot; finish it "
+                         f"(phase {prior.phase} -> {prior.to_phase}) or restore its snapshot "
+                         "with the rollback deployment first")
+    mark_crashed(prior.flow_run_id, f"its process died mid-way; run {run.run_id} resumed "
+                 "from its snapshot")
+    run.audit("resuming an interrupted run", interrupted_run=prior.flow_run_id,
+              snapshot_at=prior.at.isoformat())
+    run.resumed_from = prior.flow_run_id
+    return {c: prior.payloads[c]["value"] for c in SNAPSHOT_COMPONENTS}
 
 
 def _backup(run: Run, backup_dir: Path) -> None:
@@ -268,24 +321,79 @@ def _overlaps(a: list[int] | str, b: list[int] | str) -> bool:
     return isinstance(a, str) or isinstance(b, str) or bool(set(a) & set(b))
 
 
+def _key(t: Target) -> tuple[str, str]:
+    return (t.host, t.name)
+
+
+def _shares_gpus(t: Target, others: list[Target]) -> bool:
+    return any(o.host == t.host and _overlaps(o.gpus, t.gpus) for o in others)
+
+
 def deploy(run: Run, old: list[Target], new: list[Target]) -> None:
-    """Replace the old vLLM containers by the new ones. New containers whose GPUs no old one
-    holds start first, so the service keeps answering wherever the GPUs allow it."""
-    early = [n for n in new if not any(o.host == n.host and _overlaps(o.gpus, n.gpus)
-                                       for o in old)]
+    """Replace the old vLLM containers by the new ones, keeping the service answering wherever
+    the GPUs allow it (make before break):
+
+    1. new containers on GPUs no old one holds start first and are awaited;
+    2. the API is routed to whatever can serve during the swap (those, old containers the new
+       layout does not need, and containers that already run as planned: a resumed run), and
+       the containers about to stop are drained;
+    3. the rest is replaced (stop, remove, run) and awaited; the API is routed to the new set;
+    4. old containers whose GPUs no new one needed are drained and stopped last.
+    When nothing can serve during the swap (the new layout needs every GPU) it is stop-start."""
+    early = [t for t in new if not _shares_gpus(t, old)]
     for t in early:
         run_container(run.hosts[t.host], t.argv)
-    keep = {(t.host, t.name) for t in early}
-    for o in old:
-        if (o.host, o.name) not in keep:
-            stop_container(run.hosts[o.host], o.name)
-            remove_container(run.hosts[o.host], o.name)
-    for t in new:
-        if (t.host, t.name) not in keep:
-            run_container(run.hosts[t.host], t.argv)
-    for t in new:
-        wait_vllm_ready(f"http://{run.hosts[t.host].host}:{t.port}", t.model,
-                        timeout_s=run.vllm_ready_timeout_s)
+    _wait_ready(run, early)
+    old_keys, new_keys = {_key(o) for o in old}, {_key(t) for t in new}
+    kept = [t for t in new if t not in early and _key(t) in old_keys
+            and container_matches(run.hosts[t.host], t.argv)]
+    late = [o for o in old if _key(o) not in new_keys and not _shares_gpus(o, new)]
+    staying = {_key(t) for t in early + kept} | {_key(o) for o in late}
+    replaced = [o for o in old if _key(o) not in staying]
+    if replaced and early + kept + late:
+        _route(run, early + kept + late)
+        _drain(run, replaced)
+    for o in replaced:
+        stop_container(run.hosts[o.host], o.name)
+        remove_container(run.hosts[o.host], o.name)
+    rest = [t for t in new if t not in early and t not in kept]
+    for t in rest:
+        run_container(run.hosts[t.host], t.argv)
+    _wait_ready(run, rest + kept)
+    _route(run, new)
+    _drain(run, late)
+    for o in late:
+        stop_container(run.hosts[o.host], o.name)
+        remove_container(run.hosts[o.host], o.name)
+
+
+def _url(run: Run, t: Target) -> str:
+    return f"http://{run.hosts[t.host].host}:{t.port}"
+
+
+def _wait_ready(run: Run, targets: list[Target]) -> None:
+    for t in targets:
+        wait_vllm_ready(_url(run, t), t.model, timeout_s=run.vllm_ready_timeout_s)
+
+
+def _route(run: Run, targets: list[Target]) -> None:
+    """Point the API (its Cloud Run env, a verified rollout) at these vLLM servers only."""
+    if run.gcp.vllm_urls_env:  # empty: the API finds vLLM by other means; nothing to route
+        urls = [_url(run, t) for t in targets]
+        apply_service_settings(run.gcp, {"vllm_urls": urls})
+        run.audit("API routed", vllm_urls=urls)
+
+
+def _drain(run: Run, targets: list[Target], timeout_s: float = 60.0) -> None:
+    """Wait (bounded) until these servers hold no request, so stopping them fails none."""
+    deadline = time.monotonic() + timeout_s
+    pending = [_url(run, t) for t in targets]
+    while pending and time.monotonic() < deadline:
+        pending = [u for u in pending if (queue_depth(u) or 0) > 0]  # unreadable: not serving
+        if pending:
+            time.sleep(0.5)
+    if pending:
+        run.audit("drain timed out; stopping anyway", urls=pending)
 
 
 def _redeploy_vllm(run: Run, changes: ChangeSet, snap: dict[str, Any]) -> None:
@@ -302,21 +410,22 @@ def _redeploy_vllm(run: Run, changes: ChangeSet, snap: dict[str, Any]) -> None:
                         changes.vllm_summary(before=False)))
 
 
-def _apply_redis(run: Run, changes: ChangeSet) -> None:
-    after = changes.redis_after
-    result = apply_memory_config(run.redis, after["maxmemory"], after["maxmemory_policy"])
-    before = result["before"]
+def _apply_redis(run: Run, changes: ChangeSet, snap: dict[str, Any]) -> None:
+    # The undo restores the snapshot (not what this call found: after a resumed run that is
+    # already the new value), and is stacked first so a half-applied call is undone too.
+    before, after = snap["redis"], changes.redis_after
     run.undo.append(("Redis", lambda: apply_memory_config(
         run.redis, before["maxmemory"], before["maxmemory_policy"])))
+    apply_memory_config(run.redis, after["maxmemory"], after["maxmemory_policy"])
     run.actions.append(("Redis", f"{format_redis_bytes(before['maxmemory'])} "
                         f"{before['maxmemory_policy']}",
                         f"{format_redis_bytes(after['maxmemory'])} {after['maxmemory_policy']}"))
 
 
-def _apply_cloud_run(run: Run, changes: ChangeSet) -> None:
-    result = apply_service_settings(run.gcp, changes.cloud_run_after)
-    before = result["before"]
+def _apply_cloud_run(run: Run, changes: ChangeSet, snap: dict[str, Any]) -> None:
+    before = snap["cloud_run"]
     run.undo.append(("Cloud Run", lambda: apply_service_settings(run.gcp, before)))
+    apply_service_settings(run.gcp, changes.cloud_run_after)
     run.actions.append(("Cloud Run", _fmt_run(before), _fmt_run(changes.cloud_run_after)))
 
 
@@ -456,25 +565,20 @@ def _execute(run: Run, changes: ChangeSet, current: int, target: int, watch: Wat
              scale: float, reports: Path) -> dict[str, Any]:
     before = _key_metrics(run, watch)
     with run.stage("snapshot"):
-        snap = _snapshot(run, [*changes.vllm_before, *changes.vllm_after], current)
-    with run.stage("backup"):
-        _backup(run, reports / "backups")
-    with run.stage("gpu detection"):
-        _check_gpus(run, target)
+        snap = _snapshot(run, changes, current, target)
     try:
-        with run.stage("vLLM redeploy"):
-            _redeploy_vllm(run, changes, snap)
-        with run.stage("Redis"):
-            _apply_redis(run, changes)
-        with run.stage("Cloud Run"):
-            _apply_cloud_run(run, changes)
-        with run.stage("load test"):
-            _load_test(run, target, scale)
-        with run.stage("metric watch"):
-            _settle(run, changes)
-            _watch(run, watch)
-    except (PhasegateError, Exception) as exc:
+        with run.stage("backup"):
+            _backup(run, reports / "backups")
+        with run.stage("gpu detection"):
+            _check_gpus(run, target)
+    except Exception as exc:
+        _close(run, f"stopped before any change: {exc}")
+        raise
+    try:
+        _change_and_verify(run, changes, snap, target, watch, scale)
+    except Exception as exc:
         problems = _rollback(run, str(exc))
+        _close(run, f"rollback incomplete: {problems}" if problems else "rolled back")
         _report(run, current, target, watch, before, reports, failure=str(exc),
                 problems=problems)
         send_notification(run.notifications, f"phase {current} -> {target} rolled back",
@@ -483,10 +587,34 @@ def _execute(run: Run, changes: ChangeSet, current: int, target: int, watch: Wat
         raise
     with run.pg.get_connection(run.pg.state_database) as conn:
         state_store.set_phase(conn, target, f"phase-transition {run.run_id}")
+    _close(run, "succeeded")
     md = _report(run, current, target, watch, before, reports, failure=None, problems=[])
     send_notification(run.notifications, f"phase {current} -> {target} done",
                       md.splitlines()[0])
-    return {"outcome": "success", "phase": target, "actions": run.actions}
+    return {"outcome": "success", "phase": target, "actions": run.actions,
+            "resumed_from": run.resumed_from}
+
+
+def _change_and_verify(run: Run, changes: ChangeSet, snap: dict[str, Any], target: int,
+                       watch: Watch, scale: float) -> None:
+    """The changes, each stacking its undo first, then the load test and the watch."""
+    with run.stage("vLLM redeploy"):
+        _redeploy_vllm(run, changes, snap)
+    with run.stage("Redis"):
+        _apply_redis(run, changes, snap)
+    with run.stage("Cloud Run"):
+        _apply_cloud_run(run, changes, snap)
+    with run.stage("load test"):
+        _load_test(run, target, scale)
+    with run.stage("metric watch"):
+        _settle(run, changes)
+        _watch(run, watch)
+
+
+def _close(run: Run, outcome: str) -> None:
+    """Mark this run's snapshot as ended, so no later run resumes from it."""
+    with run.pg.get_connection(run.pg.state_database) as conn:
+        state_store.close_snapshots(conn, run.run_id, outcome)
 
 
 def _key_metrics(run: Run, watch: Watch,

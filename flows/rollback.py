@@ -59,6 +59,9 @@ def rollback(flow_run_id: str | None = None, plan_path: str | None = None, prefi
             apply_memory_config(run.redis, r["maxmemory"], r["maxmemory_policy"])
         with pg.get_connection(pg.state_database) as conn:
             state_store.set_phase(conn, phase_then, f"rollback {run.run_id}")
+            # A run that died mid-way is finished by this restore: no rerun resumes from it.
+            state_store.close_snapshots(conn, snaps["containers"].flow_run_id,
+                                        f"restored by rollback {run.run_id}")
     send_notification(notifications, f"rolled back to phase {phase_then}",
                       f"restored the snapshot of run {snaps['containers'].flow_run_id}")
     return {"phase": phase_then, "restored_from": snaps["containers"].flow_run_id}

@@ -6,9 +6,10 @@
 - GET /v1/questions?subject=math: questions from the app DB behind a Redis response cache (one key
   per subject, short TTL, so the hit/miss ratio moves with traffic and with Redis' health).
 - POST /v1/feedback {question_id, user_answer}: an AI tutoring answer from a vLLM server's
-  OpenAI-compatible /v1/completions (round robin over the upstreams; `<lab>/control/
-  upstreams.json` {"vllm": [...]} overrides --vllm-url while it exists). Upstream errors -> 502,
-  upstream timeout -> 504.
+  OpenAI-compatible /v1/completions (round robin over the upstreams: `<lab>/control/
+  upstreams.json` {"vllm": [...]} while it exists, else the serving Cloud Run revision's env
+  VLLM_BASE_URLS (comma-separated; `<lab>/gcp/serving.json`, as the service's instances would
+  see it after a rollout), else --vllm-url). Upstream errors -> 502, upstream timeout -> 504.
 - GET /healthz, GET /metrics (Prometheus text, names and labels as in lab/README.md).
 
 Faults (`lab.control`, component "api") apply to /v1/* only, so /metrics and /healthz stay
@@ -49,6 +50,7 @@ from prometheus_client.registry import Collector
 
 from lab.control import JsonFile
 from lab.layout import LabLayout
+from phasegate.config import VLLM_URLS_ENV
 
 __all__ = ["API_BUCKETS", "ApiConfig", "ApiSim", "Upstreams", "main", "upstreams_file"]
 
@@ -93,10 +95,12 @@ def upstreams_file(layout: LabLayout) -> Path:
 
 
 class Upstreams:
-    """Round robin over the vLLM base URLs (the control file wins over the defaults)."""
+    """Round robin over the vLLM base URLs: the control file, else the serving revision's env,
+    else the defaults."""
 
     def __init__(self, layout: LabLayout, defaults: tuple[str, ...]) -> None:
         self._file = JsonFile(upstreams_file(layout), None)
+        self._serving = JsonFile(layout.cloud_run_serving_file, {})
         self._defaults = list(defaults)
         self._next = 0
 
@@ -105,7 +109,17 @@ class Upstreams:
         data = self._file.read()
         if isinstance(data, dict) and isinstance(data.get("vllm"), list):
             return [str(u).rstrip("/") for u in data["vllm"]]
-        return [u.rstrip("/") for u in self._defaults]
+        urls = self._from_revision()
+        return urls if urls is not None else [u.rstrip("/") for u in self._defaults]
+
+    def _from_revision(self) -> list[str] | None:
+        serving = self._serving.read()
+        for revision in (serving.values() if isinstance(serving, dict) else ()):
+            value = (revision.get("env") or {}).get(VLLM_URLS_ENV) if isinstance(
+                revision, dict) else None
+            if isinstance(value, str):
+                return [u.strip().rstrip("/") for u in value.split(",") if u.strip()]
+        return None
 
     def pick(self) -> str | None:
         """The next URL in turn, or None when none is configured."""

@@ -34,6 +34,7 @@ __all__ = [
     "operation_done",
     "patch_service",
     "seed_service",
+    "serving",
     "tick",
 ]
 
@@ -120,8 +121,10 @@ def _ready_conditions(now: float) -> tuple[dict[str, Any], list[dict[str, Any]]]
 
 
 def seed_service(project: str, region: str, service: str, now: float,
-                 overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The phase-1 service, with `overrides` (seed.json) deep-merged over its fields."""
+                 overrides: dict[str, Any] | None = None,
+                 env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The phase-1 service, with `overrides` (seed.json) deep-merged over its fields and `env`
+    set on its container."""
     name = f"projects/{project}/locations/{region}/services/{service}"
     host = hashlib.sha256(name.encode()).hexdigest()[:10]
     uri = f"https://{service}-{host}-{region.split('-')[0][:2]}.a.run.app"
@@ -138,9 +141,26 @@ def seed_service(project: str, region: str, service: str, now: float,
         "latestReadyRevision": revision, "latestCreatedRevision": revision,
         "trafficStatuses": [{"type": LATEST, "percent": 100}], "uri": uri, "urls": [uri],
     }
+    if env:
+        svc["template"]["containers"][0]["env"] = [{"name": k, "value": v}
+                                                   for k, v in sorted(env.items())]
     svc = normalize_service(_deep_merge(svc, overrides or {}))
     svc["etag"] = _etag(svc)
+    _serve(svc)
     return svc
+
+
+def _serve(svc: dict[str, Any]) -> None:
+    """Record the ready revision's container env: what the service's instances now run with
+    (a rollout in progress does not change it until it completes)."""
+    containers = svc.get("template", {}).get("containers") or [{}]
+    svc["_serving"] = {"revision": svc.get("latestReadyRevision", ""),
+                       "env": {e["name"]: e.get("value", "") for e in containers[0].get("env", [])}}
+
+
+def serving(state: dict[str, Any]) -> dict[str, Any]:
+    """{service name: {revision, env}} of every service's serving revision."""
+    return {name: copy.deepcopy(svc.get("_serving", {})) for name, svc in state["services"].items()}
 
 
 def _seed_template(project: str) -> dict[str, Any]:
@@ -427,6 +447,7 @@ def _finish_rollout(state: dict[str, Any], op: dict[str, Any], now: float) -> No
     svc.update({"latestReadyRevision": svc.get("latestCreatedRevision", ""),
                 "observedGeneration": svc["generation"], "terminalCondition": terminal,
                 "conditions": conditions, "trafficStatuses": _traffic_statuses(svc)})
+    _serve(svc)
     svc["etag"] = _etag({k: v for k, v in svc.items() if k != "etag"})
     op["metadata"] = {"@type": SERVICE_TYPE, **_public(svc)}
     op["response"] = {"@type": SERVICE_TYPE, **_public(svc)}

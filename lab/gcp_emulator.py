@@ -5,7 +5,9 @@ asia-northeast3 --zone asia-northeast3-a --service dreamseed-api]` serves, on 12
 REST surface the unmodified `google-cloud-run` (transport="rest") and `google-cloud-compute`
 clients use with `client_options={"api_endpoint": "http://127.0.0.1:P"}`.
 
-State lives in `<lab>/gcp/state.json` (a restart keeps it); `<lab>/gcp/seed.json`, if present,
+State lives in `<lab>/gcp/state.json` (a restart keeps it); what each service's serving
+revision runs with (its container env, changed only when a rollout completes) is mirrored to
+`<lab>/gcp/serving.json` for the API simulator. `<lab>/gcp/seed.json`, if present,
 is deep-merged over the seeded service's fields (first start and `POST /_lab/reset`). Every API
 request is appended to `<lab>/gcp/requests.jsonl` (method, path, query, body, status, time);
 `GET /_lab/requests` returns them, `POST /_lab/reset` restores the seeded state and clears the
@@ -57,6 +59,7 @@ class Settings:
     rollout_delay: float = 0.3
     compute_delay: float = 0.4
     wait_max: float = 5.0
+    api_env: tuple[tuple[str, str], ...] = ()   # the seeded service container's env
 
 
 class Emulator:
@@ -84,20 +87,23 @@ class Emulator:
             log.warning("unreadable %s (%s); reseeding", self.state_file, exc)
         state = self._seeded()
         write_json_atomic(self.state_file, state)
+        write_json_atomic(self.layout.cloud_run_serving_file, run.serving(state["run"]))
         return state
 
     def _seeded(self) -> dict[str, Any]:
         s = self.settings
         seed_file = self.dir / "seed.json"
         overrides = json.loads(seed_file.read_text()) if seed_file.exists() else {}
-        svc = run.seed_service(s.project, s.region, s.service, time.time(), overrides)
+        svc = run.seed_service(s.project, s.region, s.service, time.time(), overrides,
+                               dict(s.api_env))
         state_run = run.new_state()
         state_run["services"][svc["name"]] = svc
         return {"run": state_run, "compute": gce.new_state()}
 
     def save(self) -> None:
-        """Persist the state atomically."""
+        """Persist the state atomically, and what the serving revisions run with."""
         write_json_atomic(self.state_file, self.state)
+        write_json_atomic(self.layout.cloud_run_serving_file, run.serving(self.state["run"]))
 
     def reset(self) -> None:
         """Back to the seeded state, with an empty request log."""
@@ -309,6 +315,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds from instance insert to RUNNING (operation DONE at half)")
     p.add_argument("--wait-max", type=float, default=d.wait_max,
                    help="upper bound of one operations wait call, seconds")
+    p.add_argument("--api-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="env of the seeded service's container (repeatable)")
     return p.parse_args(argv)
 
 
@@ -318,8 +326,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     layout = LabLayout(args.lab_dir.resolve())
     layout.gcp_dir.mkdir(parents=True, exist_ok=True)
+    env = tuple((k, v) for k, eq, v in (item.partition("=") for item in args.api_env) if eq)
     settings = Settings(args.project, args.region, args.zone, args.service,
-                        args.rollout_delay, args.compute_delay, args.wait_max)
+                        args.rollout_delay, args.compute_delay, args.wait_max, env)
     emulator = Emulator(layout, settings)
     log.info("gcp emulator on http://127.0.0.1:%d, state %s", args.port, emulator.state_file)
     uvicorn.run(build_app(emulator), host="127.0.0.1", port=args.port, log_level="info")

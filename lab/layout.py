@@ -94,6 +94,13 @@ class LabLayout:
         return self.root / "gcp"
 
     @property
+    def cloud_run_serving_file(self) -> Path:
+        """What the emulated Cloud Run's serving revision runs with ({service: {revision,
+        env}}), written by the GCP emulator when a rollout completes; the API simulator (the
+        service's instances) follows its env."""
+        return self.gcp_dir / "serving.json"
+
+    @property
     def inbox_dir(self) -> Path:
         """Where the local Slack/Alertmanager webhook receiver appends what it got."""
         return self.root / "inbox"

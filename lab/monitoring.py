@@ -43,7 +43,7 @@ def write_prometheus_config(path: Path, ports: dict[str, int], vllm_targets: dic
     config = {
         "global": {"scrape_interval": f"{SCRAPE_INTERVAL_S}s",
                    "evaluation_interval": f"{SCRAPE_INTERVAL_S}s",
-                   "scrape_timeout": f"{SCRAPE_INTERVAL_S - 0.2:g}s"},
+                   "scrape_timeout": f"{SCRAPE_INTERVAL_S * 1000 - 200}ms"},
         "rule_files": [str(rules)],
         "alerting": {"alertmanagers": [
             {"static_configs": [{"targets": [f"127.0.0.1:{alertmanager_port}"]}]}]},

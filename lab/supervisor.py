@@ -29,6 +29,7 @@ from lab import control, services
 from lab.layout import LabLayout
 from lab.monitoring import write_alertmanager_config, write_prometheus_config
 from lab.procs import free_port, pid_alive, port_free, spawn, stop_pid, wait_for, wait_port
+from phasegate.config import VLLM_URLS_ENV
 from phasegate.errors import LabError
 
 __all__ = ["UpOptions", "down", "load_state", "status", "up"]
@@ -91,15 +92,27 @@ def _alive(state: dict[str, Any]) -> dict[str, int]:
     return {c: p for c, p in state.get("processes", {}).items() if pid_alive(int(p))}
 
 
+# A GPU host's k-th vLLM replica is published on its base port + k (policy.transition), so a
+# host's base port comes with this many free ports after it.
+VLLM_PORT_SPAN = 8
+
+
 def _ports(old: dict[str, Any] | None, names: list[str]) -> dict[str, int]:
-    """A port per name: the previous lab's port when it is still free, else a new one."""
+    """A port per name: the previous lab's port when it is still free, else a new one. A vLLM
+    host's port comes with VLLM_PORT_SPAN - 1 free ports after it, used by nothing else."""
     previous = (old or {}).get("ports", {})
     ports: dict[str, int] = {}
+    reserved: set[int] = set()
     for name in names:
+        span = VLLM_PORT_SPAN if name.startswith("vllm:") else 1
         port = int(previous.get(name, 0))
-        ports[name] = port if port and port_free(port) and port not in ports.values() else 0
-        while not ports[name] or list(ports.values()).count(ports[name]) > 1:
-            ports[name] = free_port()
+        for _ in range(1000):  # bounded: free ports are plenty on loopback
+            wanted = set(range(port, port + span))
+            if port and not wanted & reserved and all(port_free(p) for p in wanted):
+                break
+            port = free_port()
+        ports[name] = port
+        reserved |= set(range(port, port + span))
     return ports
 
 
@@ -277,7 +290,8 @@ def _gcp(layout: LabLayout, state: _State) -> None:
     gcp = state.data["gcp"]
     _spawn_py(layout, state, "gcp", "lab.gcp_emulator", "--port", str(state.data["ports"]["gcp"]),
               "--project", gcp["project"], "--region", gcp["region"], "--zone", gcp["zone"],
-              "--service", GCP_SERVICE)
+              "--service", GCP_SERVICE,
+              "--api-env", f"{VLLM_URLS_ENV}={state.data['vllm']['url']}")
     wait_port(state.data["ports"]["gcp"], 15)
 
 

@@ -1,4 +1,4 @@
-"""How phasegate commands find the lab and the Prefect API it runs."""
+"""How phasegate commands find the lab and the Prefect API it runs; the API's env contract."""
 
 from __future__ import annotations
 
@@ -8,7 +8,11 @@ from typing import Any
 from lab.layout import LabLayout, lab_dir_from_env
 from lab.procs import pid_alive
 
-__all__ = ["lab_layout", "lab_prefect_api_url", "running_lab"]
+__all__ = ["VLLM_URLS_ENV", "lab_layout", "lab_prefect_api_url", "running_lab"]
+
+# The API's container on Cloud Run reads its vLLM upstreams (comma-separated base URLs) from
+# this env var; a transition changes it to route traffic around a container being replaced.
+VLLM_URLS_ENV = "VLLM_BASE_URLS"
 
 
 def lab_layout(explicit: str | None = None) -> LabLayout:

@@ -26,6 +26,7 @@ SETTING_MASKS = {
     "timeout_s": "template.timeout",
     "cpu": "template.containers",
     "memory": "template.containers",
+    "vllm_urls": "template.containers",   # the env var GcpConnection.vllm_urls_env
 }
 
 
@@ -36,38 +37,55 @@ def _get_service(gcp: GcpConnection, client: run_v2.ServicesClient) -> run_v2.Se
         raise RemoteTimeout(f"Cloud Run {gcp.service_name}: {exc}") from exc
 
 
-def _settings(svc: run_v2.Service) -> dict[str, Any]:
+def _settings(svc: run_v2.Service, urls_env: str) -> dict[str, Any]:
     t = svc.template
     limits = dict(t.containers[0].resources.limits) if t.containers else {}
-    return {"min_instances": t.scaling.min_instance_count,
-            "max_instances": t.scaling.max_instance_count,
-            "max_concurrency": t.max_instance_request_concurrency,
-            "timeout_s": t.timeout.total_seconds() if t.timeout else None,
-            "cpu": limits.get("cpu"), "memory": limits.get("memory"),
-            "etag": svc.etag, "generation": svc.generation}
+    out = {"min_instances": t.scaling.min_instance_count,
+           "max_instances": t.scaling.max_instance_count,
+           "max_concurrency": t.max_instance_request_concurrency,
+           "timeout_s": t.timeout.total_seconds() if t.timeout else None,
+           "cpu": limits.get("cpu"), "memory": limits.get("memory"),
+           "etag": svc.etag, "generation": svc.generation}
+    if urls_env:
+        env = {e.name: e.value for e in t.containers[0].env} if t.containers else {}
+        out["vllm_urls"] = _url_list(env.get(urls_env, ""))
+    return out
+
+
+def _url_list(value: str | list[str]) -> list[str]:
+    """Base URLs from "a,b" or a list, without blanks or trailing slashes."""
+    items = value.split(",") if isinstance(value, str) else value
+    return [str(u).strip().rstrip("/") for u in items if str(u).strip()]
 
 
 @task(retries=2, retry_delay_seconds=[1, 3], retry_condition_fn=only_transient)
 def read_service_settings(gcp: GcpConnection) -> dict[str, Any]:
-    """The fields a phase changes: min/max instances, concurrency, timeout, cpu, memory."""
-    return _settings(_get_service(gcp, gcp.get_run_client()))
+    """The fields a phase changes: min/max instances, concurrency, timeout, cpu, memory, and
+    the vLLM URLs the API is routed to (`vllm_urls`, when the Block names their env var)."""
+    return _settings(_get_service(gcp, gcp.get_run_client()), gcp.vllm_urls_env)
 
 
-def _normalized(settings: dict[str, Any]) -> dict[str, Any]:
-    """Requested settings in the types read back (ints, float seconds, text); the metadata of
-    a `read_service_settings` result (etag, generation) is ignored, so one can be restored."""
+def _normalized(settings: dict[str, Any], urls_env: str) -> dict[str, Any]:
+    """Requested settings in the types read back (ints, float seconds, text, URL lists); the
+    metadata of a `read_service_settings` result (etag, generation) is ignored, so one can be
+    restored."""
     settings = {k: v for k, v in settings.items() if k not in ("etag", "generation")}
-    unknown = set(settings) - set(SETTING_MASKS)
+    known = set(SETTING_MASKS) - (set() if urls_env else {"vllm_urls"})
+    unknown = set(settings) - known
     if unknown:
         raise ConfigError(f"unknown Cloud Run settings {sorted(unknown)}; known: "
-                          f"{sorted(SETTING_MASKS)}")
-    kinds = {"timeout_s": float, "cpu": str, "memory": str}
+                          f"{sorted(known)}")
+    kinds: dict[str, Any] = {"timeout_s": float, "cpu": str, "memory": str,
+                             "vllm_urls": _url_list}
     return {k: kinds.get(k, int)(v) for k, v in settings.items()}
 
 
-def _set(svc: run_v2.Service, key: str, value: Any) -> None:
+def _set(svc: run_v2.Service, key: str, value: Any, urls_env: str) -> None:
     """Write one setting into the Service message."""
     t = svc.template
+    if key == "vllm_urls":
+        _set_env(t.containers[0], urls_env, ",".join(value))
+        return
     if key == "min_instances":
         t.scaling.min_instance_count = value
     elif key == "max_instances":
@@ -78,6 +96,15 @@ def _set(svc: run_v2.Service, key: str, value: Any) -> None:
         t.timeout = timedelta(seconds=value)
     else:
         t.containers[0].resources.limits[key] = value
+
+
+def _set_env(container: run_v2.Container, name: str, value: str) -> None:
+    """Set (or, with an empty value, remove) one env var of the container, keeping the rest."""
+    env = [e for e in container.env if e.name != name]
+    if value:
+        env.append(run_v2.EnvVar(name=name, value=value))
+    del container.env[:]
+    container.env.extend(env)
 
 
 def _update(gcp: GcpConnection, client: run_v2.ServicesClient, svc: run_v2.Service,
@@ -109,17 +136,17 @@ def apply_service_settings(gcp: GcpConnection, settings: dict[str, Any],
     changed, mask}. Raises VerificationFailed on a mismatch after the update,
     PreconditionFailed when Cloud Run refuses the values or the service changed concurrently,
     RemoteTimeout when it does not answer (a retry re-reads, so it is safe)."""
-    wanted = _normalized(settings)
+    wanted = _normalized(settings, gcp.vllm_urls_env)
     client = gcp.get_run_client()
     svc = _get_service(gcp, client)
-    before = _settings(svc)
+    before = _settings(svc, gcp.vllm_urls_env)
     changed = [k for k, v in wanted.items() if before[k] != v]
     mask = sorted({SETTING_MASKS[k] for k in changed})
     if changed:
         for key in changed:
-            _set(svc, key, wanted[key])
+            _set(svc, key, wanted[key], gcp.vllm_urls_env)
         _update(gcp, client, svc, mask, timeout_s)
-    after = _settings(_get_service(gcp, client))
+    after = _settings(_get_service(gcp, client), gcp.vllm_urls_env)
     wrong = {k: after[k] for k, v in wanted.items() if after[k] != v}
     if wrong:
         raise VerificationFailed(f"Cloud Run {gcp.service_name} reads back {wrong} after "

@@ -102,7 +102,9 @@ def detect_gpus(host: GpuHost) -> list[GpuInfo]:
 
 _RUN_VALUED = {"--name", "--gpus", "--restart", "-p", "--publish", "-v", "--volume", "-e",
                "--env", "--ipc", "--shm-size", "--runtime", "--network", "--entrypoint"}
-_COMPARED = ("image", "args", "gpus", "host_port")
+_COMPARED = ("image", "args", "gpus", "host_port", "ipc")
+# Docker's own IPC modes: a container started without --ipc reads back as one of these.
+_DEFAULT_IPC = frozenset({"", "private", "shareable"})
 
 
 Gpus = list[int] | list[str] | str | None
@@ -134,7 +136,7 @@ def _parse_gpus_flag(value: str) -> Gpus:
 
 
 def parse_run_argv(argv: Sequence[str]) -> dict[str, Any]:
-    """The compared fields {name, image, args, gpus, host_port} of a `docker run ...` argv
+    """The compared fields {name, image, args, gpus, host_port, ipc} of a `docker run ...` argv
     (without the leading `docker`). Raises ValueError when it has no --name or image."""
     items = list(argv[1:] if argv[:1] == ["run"] else argv)
     opts: dict[str, str] = {}
@@ -153,11 +155,17 @@ def parse_run_argv(argv: Sequence[str]) -> dict[str, Any]:
     host_port = int(port[-2]) if len(port) >= 2 and port[-2].isdigit() else None
     return {"name": opts["--name"], "image": items[i], "args": items[i + 1:],
             "gpus": _parse_gpus_flag(opts["--gpus"]) if "--gpus" in opts else None,
-            "host_port": host_port}
+            "host_port": host_port, "ipc": _ipc(opts.get("--ipc"))}
+
+
+def _ipc(mode: str | None) -> str | None:
+    """A non-default IPC mode ("host": vLLM's tensor-parallel workers share memory), or None."""
+    return None if mode is None or mode in _DEFAULT_IPC else mode
 
 
 def _spec_from_inspect(obj: dict[str, Any]) -> dict[str, Any]:
-    """{name, image, args, gpus, host_port, running, restart, volumes} of one inspect object."""
+    """{name, image, args, gpus, host_port, ipc, running, restart, volumes} of one inspect
+    object."""
     host_cfg = obj.get("HostConfig") or {}
     bindings = host_cfg.get("PortBindings") or {}
     binding = bindings.get("8000/tcp") or next(iter(bindings.values()), None) or [{}]
@@ -167,6 +175,7 @@ def _spec_from_inspect(obj: dict[str, Any]) -> dict[str, Any]:
     return {"name": str(obj.get("Name", "")).lstrip("/"), "image": obj["Config"]["Image"],
             "args": list(obj["Config"].get("Cmd") or []), "gpus": gpus,
             "host_port": int(port) if port.isdigit() else None,
+            "ipc": _ipc(host_cfg.get("IpcMode")),
             "running": bool(obj["State"]["Running"]),
             "restart": (host_cfg.get("RestartPolicy") or {}).get("Name") or "no",
             "volumes": list(host_cfg.get("Binds") or [])}
@@ -186,7 +195,7 @@ def _inspect(host: GpuHost, name: str) -> dict[str, Any] | None:
 @task(retries=2, retry_delay_seconds=[1, 3], retry_condition_fn=only_transient)
 def container_spec(host: GpuHost, name: str) -> dict[str, Any] | None:
     """What container `name` on `host` is (from `docker inspect`): {host (the Block's name),
-    name, image, args, gpus, host_port, running, restart, volumes}, or None when no such
+    name, image, args, gpus, host_port, ipc, running, restart, volumes}, or None when no such
     container exists.
 
     `gpus` is a list of device indices, or "all" / "count=N" when the container was started
@@ -204,6 +213,8 @@ def run_argv_from_spec(spec: dict[str, Any]) -> list[str]:
         argv += ["--gpus", f'"device={",".join(map(str, gpus))}"' if isinstance(gpus, list)
                  else str(gpus)]
     argv += ["--restart", spec.get("restart") or "no"]
+    if spec.get("ipc"):
+        argv += ["--ipc", spec["ipc"]]
     if spec.get("host_port"):
         argv += ["-p", f"{spec['host_port']}:8000"]
     for bind in spec.get("volumes") or []:
@@ -213,6 +224,15 @@ def run_argv_from_spec(spec: dict[str, Any]) -> list[str]:
 
 def _differences(current: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     return [k for k in _COMPARED if current.get(k) != wanted.get(k)]
+
+
+@task(retries=2, retry_delay_seconds=[1, 3], retry_condition_fn=only_transient)
+def container_matches(host: GpuHost, argv: Sequence[str]) -> bool:
+    """True when the container that `docker <argv>` describes already runs exactly so (same
+    image, args, GPUs, port, IPC): a resumed transition leaves it serving."""
+    wanted = parse_run_argv(argv)
+    current = _inspect(host, wanted["name"])
+    return bool(current and current["running"] and not _differences(current, wanted))
 
 
 @task(retries=2, retry_delay_seconds=[1, 3], retry_condition_fn=only_transient)

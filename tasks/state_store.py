@@ -20,7 +20,9 @@ from phasegate.errors import TransitionLocked
 
 __all__ = ["SCHEMA_SQL", "TRANSITION_LOCK_KEY", "Snapshot", "append_audit",
            "create_state_schema", "last_trigger_report", "last_trigger_state",
-           "latest_snapshot", "list_approvals",
+           "Interrupted", "close_snapshots", "interrupted_run", "latest_snapshot",
+           "mark_slot_released", "record_slot_lease", "unreleased_slot_leases",
+           "list_approvals",
            "read_current_phase", "record_approval", "save_forecast", "save_postmortem",
            "save_snapshot", "save_trigger_evaluation", "set_phase", "transition_lock"]
 
@@ -75,6 +77,21 @@ CREATE TABLE IF NOT EXISTS snapshots (
     payload     jsonb NOT NULL
 );
 CREATE INDEX IF NOT EXISTS snapshots_component ON snapshots (component, at DESC);
+-- to_phase: where the run was going. outcome: NULL while its run has not ended (a run whose
+-- process died leaves it NULL: the next run from the same phase resumes from this snapshot).
+ALTER TABLE snapshots ADD COLUMN IF NOT EXISTS to_phase int;
+ALTER TABLE snapshots ADD COLUMN IF NOT EXISTS outcome text;
+
+-- The Prefect concurrency-slot leases transitions took: a run that dies keeps its slot until
+-- the lease expires; the next run (holding the transition lock, so sure the holder is dead)
+-- releases it by id instead of waiting.
+CREATE TABLE IF NOT EXISTS slot_leases (
+    lease_id    text PRIMARY KEY,
+    flow_run_id text NOT NULL,
+    taken_at    timestamptz NOT NULL DEFAULT now(),
+    released_at timestamptz,
+    released_by text
+);
 
 CREATE TABLE IF NOT EXISTS approvals (
     id          bigserial PRIMARY KEY,
@@ -184,6 +201,29 @@ def transition_lock(conn: psycopg.Connection[Any],
             conn.commit()
 
 
+def record_slot_lease(conn: psycopg.Connection[Any], lease_id: str, flow_run_id: str) -> None:
+    """Remember that `flow_run_id` holds the transition slot under `lease_id`."""
+    conn.execute("INSERT INTO slot_leases (lease_id, flow_run_id) VALUES (%s, %s)"
+                 " ON CONFLICT DO NOTHING", (lease_id, flow_run_id))
+    conn.commit()
+
+
+def mark_slot_released(conn: psycopg.Connection[Any], lease_id: str, by: str) -> None:
+    """Record that the slot of `lease_id` was given back (`by`: its own run, or who freed it)."""
+    conn.execute("UPDATE slot_leases SET released_at = now(), released_by = %s"
+                 " WHERE lease_id = %s AND released_at IS NULL", (by, lease_id))
+    conn.commit()
+
+
+def unreleased_slot_leases(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+    """(lease_id, flow_run_id) of slots taken and never given back, newest first. Under the
+    transition lock, each belongs to a run whose process died."""
+    rows = conn.execute("SELECT lease_id, flow_run_id FROM slot_leases WHERE released_at IS NULL"
+                        " ORDER BY taken_at DESC").fetchall()
+    conn.commit()
+    return [(r[0], r[1]) for r in rows]
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """The live state of one component, saved before a transition changed it."""
@@ -197,14 +237,53 @@ class Snapshot:
 
 
 def save_snapshot(conn: psycopg.Connection[Any], flow_run_id: str, phase: int, component: str,
-                  payload: dict[str, Any]) -> int:
-    """Store the state of `component` (e.g. "vllm:gpu-1", "cloud_run", "redis"); its id."""
+                  payload: dict[str, Any], to_phase: int | None = None) -> int:
+    """Store the state of `component` (e.g. "containers", "cloud_run", "redis") as it was in
+    `phase`, before the run towards `to_phase` changed it; its id."""
     row = conn.execute(
-        "INSERT INTO snapshots (flow_run_id, phase, component, payload) VALUES (%s, %s, %s, %s)"
-        " RETURNING id", (flow_run_id, phase, component, Jsonb(payload))).fetchone()
+        "INSERT INTO snapshots (flow_run_id, phase, component, payload, to_phase)"
+        " VALUES (%s, %s, %s, %s, %s) RETURNING id",
+        (flow_run_id, phase, component, Jsonb(payload), to_phase)).fetchone()
     conn.commit()
     assert row is not None
     return int(row[0])
+
+
+def close_snapshots(conn: psycopg.Connection[Any], flow_run_id: str, outcome: str) -> int:
+    """Record how the run that took these snapshots ended (succeeded, rolled back, resumed by
+    ..., restored by ...); how many rows it closed. Closed snapshots are never resumed from."""
+    cur = conn.execute("UPDATE snapshots SET outcome = %s WHERE flow_run_id = %s"
+                       " AND outcome IS NULL", (outcome, flow_run_id))
+    conn.commit()
+    return cur.rowcount
+
+
+@dataclass(frozen=True)
+class Interrupted:
+    """A transition that saved its snapshot and then never ended (its process died)."""
+
+    flow_run_id: str
+    phase: int
+    to_phase: int | None
+    at: datetime
+    payloads: dict[str, dict[str, Any]]
+
+
+def interrupted_run(conn: psycopg.Connection[Any], phase: int) -> Interrupted | None:
+    """The newest run from `phase` whose snapshots are still open, with every component it
+    saved; None when every run from `phase` ended. Call it under the transition lock: then no
+    live run can own open snapshots."""
+    row = conn.execute("SELECT flow_run_id FROM snapshots WHERE phase = %s AND outcome IS NULL"
+                       " ORDER BY at DESC, id DESC LIMIT 1", (phase,)).fetchone()
+    if row is None:
+        conn.commit()
+        return None
+    rows = conn.execute("SELECT component, payload, to_phase, at FROM snapshots"
+                        " WHERE flow_run_id = %s AND outcome IS NULL ORDER BY id",
+                        (row[0],)).fetchall()
+    conn.commit()
+    return Interrupted(row[0], phase, rows[0][2], rows[0][3],
+                       {r[0]: dict(r[1]) for r in rows})
 
 
 def latest_snapshot(conn: psycopg.Connection[Any], component: str,

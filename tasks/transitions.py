@@ -1,8 +1,22 @@
-"""Phase-transition runs in Prefect: is one open, and create one (which then waits for
-approvals). Only the trigger check uses this; the transition flow itself guards again."""
+"""Phase-transition runs in Prefect: is one open, create one (which then waits for
+approvals; the trigger check uses this, the transition flow itself guards again), mark a run
+whose process died as Crashed (a rerun that takes over its snapshot does this), and hold the
+"phase-transition" global concurrency slot.
+
+The slot is held with Prefect's lease API directly rather than `prefect.concurrency.sync.
+concurrency`, because that hides its lease id: a run whose process died would keep the slot
+until its lease expired. Knowing the id, the next run (which holds the transition lock, so it
+knows the holder is dead) gives the slot back at once."""
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from uuid import UUID
+
+import httpx
 from prefect import task
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -14,10 +28,16 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import StateType
 from prefect.deployments import run_deployment
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+from prefect.states import Crashed
+
+from phasegate.errors import PreconditionFailed, RemoteTimeout
+from tasks.retrying import only_transient
 
 __all__ = ["TRANSITION_DEPLOYMENT", "TRANSITION_LIMIT", "create_transition_run",
-           "open_transition_runs"]
+           "give_back_slot", "keep_slot", "mark_crashed", "open_transition_runs", "take_slot"]
+
+log = logging.getLogger(__name__)
 
 TRANSITION_DEPLOYMENT = "phase-transition/phase-transition"
 # The global concurrency limit that lets one phase transition run at a time.
@@ -49,3 +69,80 @@ def create_transition_run(to_phase: int, reason: str) -> str | None:
     except ObjectNotFound:
         return None
     return str(run.id)  # type: ignore[union-attr]
+
+
+@task(retries=2, retry_delay_seconds=[1, 3], retry_condition_fn=only_transient)
+def mark_crashed(flow_run_id: str, message: str) -> str | None:
+    """Set a flow run that has not ended to Crashed (its process is gone: the transition lock
+    it held was released with its session), so the UI and `open_transition_runs` stop
+    counting it. Returns the state it had, or None when it had ended or does not exist."""
+    try:
+        with get_client(sync_client=True) as client:
+            try:
+                run = client.read_flow_run(UUID(flow_run_id))
+            except (ObjectNotFound, ValueError):
+                return None  # ValueError: e.g. "local", a run outside Prefect
+            if run.state is None or run.state.is_final():
+                return None
+            client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+    except httpx.TransportError as exc:  # it reads before it sets: safe to repeat
+        raise RemoteTimeout(f"Prefect API: {exc}") from exc
+    return run.state.name
+
+
+def take_slot(lease_s: float) -> str | None:
+    """One attempt at the "phase-transition" slot under a lease of `lease_s` (Prefect's minimum
+    is 60 s); the lease id, or None when the slot is taken. Raises PreconditionFailed when the
+    limit does not exist, RemoteTimeout when Prefect cannot be reached."""
+    try:
+        with get_client(sync_client=True) as client:
+            reply = client.increment_concurrency_slots_with_lease(
+                names=[TRANSITION_LIMIT], slots=1, mode="concurrency", lease_duration=lease_s)
+    except PrefectHTTPStatusError as exc:
+        if exc.response.status_code == 423:  # Locked: every slot is taken
+            return None
+        raise
+    except httpx.TransportError as exc:
+        raise RemoteTimeout(f"Prefect API: {exc}") from exc
+    body = reply.json()
+    if not body.get("limits"):
+        give_back_slot(body["lease_id"])
+        raise PreconditionFailed(f"no global concurrency limit '{TRANSITION_LIMIT}' in Prefect "
+                                 "(create it with limit 1; `phasegate lab up` does)")
+    return str(body["lease_id"])
+
+
+def give_back_slot(lease_id: str) -> bool:
+    """Release the slot held under `lease_id`; False when the lease was gone already."""
+    try:
+        with get_client(sync_client=True) as client:
+            client.release_concurrency_slots_with_lease(lease_id=UUID(lease_id))
+    except PrefectHTTPStatusError as exc:
+        if exc.response.status_code == 404:
+            return False
+        raise
+    return True
+
+
+@contextmanager
+def keep_slot(lease_id: str, lease_s: float) -> Iterator[None]:
+    """Renew the lease every third of its duration while the block runs. A failed renewal is
+    logged, not raised: a Prefect hiccup must not stop a transition half-way (the PostgreSQL
+    transition lock still keeps a second run out)."""
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(lease_s / 3):
+            try:
+                with get_client(sync_client=True) as client:
+                    client.renew_concurrency_lease(UUID(lease_id), lease_s)
+            except Exception as exc:  # noqa: BLE001 - logged; the lock still guards
+                log.warning("could not renew the transition slot's lease: %s", exc)
+
+    thread = threading.Thread(target=renew, name="transition-slot-lease", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)

@@ -11,7 +11,7 @@ from prefect import task
 from phasegate.errors import RemoteTimeout, VerificationFailed
 from tasks.retrying import only_transient
 
-__all__ = ["CompletionCheck", "check_completion", "is_healthy", "queue_depth",
+__all__ = ["CompletionCheck", "api_answers", "check_completion", "is_healthy", "queue_depth",
            "server_errors"]
 
 
@@ -70,15 +70,28 @@ def queue_depth(url: str, timeout_s: float = 5.0) -> int | None:
     return int(total)
 
 
-def server_errors(api_url: str, timeout_s: float = 5.0) -> float | None:
-    """The API's count of 5xx answers so far (http_requests_total{status=~"5.."}), read from
-    its /metrics directly (Prometheus would lag by a scrape); None when unreadable."""
+def api_answers(api_url: str, handler: str | None = None,
+                timeout_s: float = 5.0) -> tuple[float, float] | None:
+    """(answers, of which 5xx) the API has given so far (http_requests_total, of one
+    `handler` or all), read from its /metrics directly (Prometheus would lag by a scrape);
+    None when unreadable."""
     from prometheus_client.parser import text_string_to_metric_families
 
     try:
         text = httpx.get(f"{api_url}/metrics", timeout=timeout_s).text
     except httpx.HTTPError:
         return None
-    return sum(s.value for f in text_string_to_metric_families(text)
-               if f.name == "http_requests" for s in f.samples
-               if s.name == "http_requests_total" and s.labels.get("status", "").startswith("5"))
+    total = failed = 0.0
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name != "http_requests_total" or handler not in (None, s.labels.get("handler")):
+                continue
+            total += s.value
+            failed += s.value if s.labels.get("status", "").startswith("5") else 0.0
+    return total, failed
+
+
+def server_errors(api_url: str, timeout_s: float = 5.0) -> float | None:
+    """The API's count of 5xx answers so far; None when unreadable."""
+    counts = api_answers(api_url, timeout_s=timeout_s)
+    return None if counts is None else counts[1]

@@ -60,6 +60,7 @@ def _clean(world: World) -> Iterator[None]:
     yield
     clear_faults(world.layout)
     upstreams_file(world.layout).unlink(missing_ok=True)
+    world.layout.cloud_run_serving_file.unlink(missing_ok=True)
     world.vllm_a.delay_s = world.vllm_b.delay_s = 0.0
 
 
@@ -130,6 +131,26 @@ def test_upstreams_file_switches_and_down_upstream_is_502(world: World) -> None:
     status, body = svc.http_request("POST", world.api + "/v1/feedback",
                                     {"question_id": 1, "user_answer": "56"})
     assert status == 502 and "error" in json.loads(body)
+
+
+def test_serving_revisions_env_routes_and_the_control_file_wins(world: World) -> None:
+    """The API's instances follow their serving Cloud Run revision's VLLM_BASE_URLS."""
+    world.layout.gcp_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(world.layout.cloud_run_serving_file, {"svc": {
+        "revision": "r2", "env": {"VLLM_BASE_URLS": f"{world.vllm_b.url}/ , "}}})
+    before_b = len(world.vllm_b.calls)
+    body = {"question_id": 1, "user_answer": "56"}
+    assert svc.http_request("POST", world.api + "/v1/feedback", body)[0] == 200
+    assert len(world.vllm_b.calls) == before_b + 1
+    write_json_atomic(upstreams_file(world.layout), {"vllm": [world.vllm_a.url]})
+    before_a = len(world.vllm_a.calls)
+    assert svc.http_request("POST", world.api + "/v1/feedback", body)[0] == 200
+    assert len(world.vllm_a.calls) == before_a + 1  # the control file overrides the revision
+    upstreams_file(world.layout).unlink()
+    write_json_atomic(world.layout.cloud_run_serving_file,
+                      {"svc": {"revision": "r3", "env": {"VLLM_BASE_URLS": ""}}})
+    status, reply = svc.http_request("POST", world.api + "/v1/feedback", body)
+    assert status == 502 and "no vLLM upstream" in json.loads(reply)["error"]
 
 
 def test_round_robin_over_two_upstreams(world: World) -> None:

@@ -140,6 +140,25 @@ def test_update_with_mask_then_result_and_read_back(emu: Emu) -> None:
     assert "/revisions/dreamseed-api-00002-" in back.latest_ready_revision
 
 
+def test_serving_env_changes_when_the_rollout_completes(emu: Emu) -> None:
+    """serving.json (what the API simulator follows) moves with the ready revision only."""
+    def serving() -> dict[str, Any]:
+        data = json.loads(emu.layout.cloud_run_serving_file.read_text())
+        return dict(data[SERVICE])
+
+    client = emu.run()
+    first = serving()
+    assert first["env"] == {} and first["revision"].endswith("-00001-lab")
+    svc = client.get_service(name=SERVICE)
+    svc.template.containers[0].env.append(run_v2.EnvVar(name="VLLM_BASE_URLS",
+                                                        value="http://127.0.0.1:1"))
+    op = _update(client, svc, "template.containers")
+    assert serving() == first  # the old revision serves until the new one is ready
+    result = op.result(timeout=15)
+    assert serving() == {"revision": result.latest_ready_revision,
+                         "env": {"VLLM_BASE_URLS": "http://127.0.0.1:1"}}
+
+
 def test_masked_absent_zero_resets_to_default(emu: Emu) -> None:
     client = emu.run()
     svc = client.get_service(name=SERVICE)

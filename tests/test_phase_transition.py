@@ -4,6 +4,11 @@ would from the UI or `phasegate approve`), the exact end state asserted."""
 from __future__ import annotations
 
 import contextvars
+import json
+import os
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -130,19 +135,25 @@ def test_one_to_two_happy_path(lab: dict[str, Any], gpu2_installed: None) -> Non
                                    " LIMIT 1").fetchone()[0]
         assert outcome == "success"
     finally:
-        _scale_back(lab)
+        if _phase(lab) == 2:  # the planned scale-down 2 -> 1, a transition like any other
+            t, out = _in_thread(lambda: phase_transition(target_phase=1, return_state=True,
+                                                         **FAST))
+            _answer("Alice Kim", "CTO", True)
+            _answer("Bob Lee", "CFO", True)
+            t.join(300)
+            assert out["state"].is_completed(), out["state"].message
+            _assert_phase_1_intact(lab)
 
 
 def _scale_back(lab: dict[str, Any]) -> None:
-    """The planned scale-down 2 -> 1, so later tests find the lab in phase 1."""
+    """Back to phase 1 with the `rollback` flow (it restores the newest snapshot: the exact
+    phase-1 state), so later tests find the lab in phase 1; asserts that state."""
+    from flows.rollback import rollback
+
     if _phase(lab) != 2:
         return
-    t, out = _in_thread(lambda: phase_transition(target_phase=1, return_state=True, **FAST))
-    _answer("Alice Kim", "CTO", True)
-    _answer("Bob Lee", "CFO", True)
-    t.join(300)
-    assert out["state"].is_completed(), out["state"].message
-    assert _phase(lab) == 1
+    assert rollback()["phase"] == 1
+    _assert_phase_1_intact(lab)
 
 
 def test_missing_gpu_stops_before_any_change(lab: dict[str, Any]) -> None:
@@ -192,13 +203,13 @@ def test_vllm_never_healthy_rolls_back_to_the_old_container(
     from lab.control import clear_faults, set_fault
 
     t, out = _in_thread(lambda: phase_transition(target_phase=2, return_state=True, **FAST))
-    _answer("Alice Kim", "CTO", True)
+    run_id = _answer("Alice Kim", "CTO", True)
     # The new container will never be healthy; the fault is cleared once it is clear that
     # the deploy failed, so the restored phase-1 container can come back.
     set_fault(lab_layout, "vllm", "never-healthy")
     _answer("Bob Lee", "CFO", True)
     try:
-        _wait_audit(lab, "stage vLLM redeploy: failed", 400)
+        _wait_audit(lab, run_id, "stage vLLM redeploy: failed", 400)
     finally:
         clear_faults(lab_layout)
     t.join(300)
@@ -230,15 +241,16 @@ def _answer(name: str, role: str, approved: bool, comment: str = "",
     raise TimeoutError("the run did not take the answer")
 
 
-def _wait_audit(lab: dict[str, Any], action: str, timeout: float) -> None:
+def _wait_audit(lab: dict[str, Any], run_id: str, action: str, timeout: float) -> None:
+    """Wait (bounded) until run `run_id` has written an audit row starting with `action`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with psycopg.connect(lab["postgres"]["state_dsn"]) as conn:
-            if conn.execute("SELECT 1 FROM audit_log WHERE action LIKE %s",
-                            (action + "%",)).fetchone():
+            if conn.execute("SELECT 1 FROM audit_log WHERE flow_run_id = %s AND action LIKE %s",
+                            (run_id, action + "%")).fetchone():
                 return
-        time.sleep(1)
-    raise TimeoutError(action)
+        time.sleep(0.2)
+    raise TimeoutError(f"{run_id}: {action}")
 
 
 def test_expired_approval_is_recorded_and_changes_nothing(lab: dict[str, Any]) -> None:
@@ -299,21 +311,6 @@ def _assert_phase_1_intact(lab: dict[str, Any]) -> None:
     assert r.config_get("maxmemory-policy")["maxmemory-policy"] == "volatile-lru"
 
 
-def test_rollback_flow_restores_the_last_snapshot(lab: dict[str, Any],
-                                                  gpu2_installed: None) -> None:
-    from flows.rollback import rollback
-
-    t, out = _in_thread(lambda: phase_transition(target_phase=2, return_state=True, **FAST))
-    _answer("Alice Kim", "CTO", True)
-    _answer("Bob Lee", "CFO", True)
-    t.join(300)
-    assert out["state"].is_completed(), out["state"].message
-    assert _phase(lab) == 2
-    result = rollback()
-    assert result["phase"] == 1
-    _assert_phase_1_intact(lab)
-
-
 def test_ssh_frozen_during_redeploy_is_retried_never_half_applied(
         lab: dict[str, Any], gpu2_installed: None) -> None:
     """gpu-1's sshd stops answering (SIGSTOP) for longer than the SSH timeout while the vLLM
@@ -324,9 +321,9 @@ def test_ssh_frozen_during_redeploy_is_retried_never_half_applied(
 
     sshd = int(lab["processes"]["ssh:gpu-1"])
     t, out = _in_thread(lambda: phase_transition(target_phase=2, return_state=True, **FAST))
-    _answer("Alice Kim", "CTO", True)
+    run_id = _answer("Alice Kim", "CTO", True)
     _answer("Bob Lee", "CFO", True)
-    _wait_audit(lab, "stage vLLM redeploy: started", 120)
+    _wait_audit(lab, run_id, "stage vLLM redeploy: started", 120)
     os.kill(sshd, signal.SIGSTOP)
     try:
         time.sleep(12)  # longer than the 10 s SSH timeout: the call in flight fails
@@ -351,3 +348,74 @@ def test_ssh_frozen_during_redeploy_is_retried_never_half_applied(
         assert (settings["min_instances"], settings["max_instances"]) == (1, 8)
     finally:
         _scale_back(lab)
+
+
+def test_run_killed_mid_way_then_rerun_converges(lab: dict[str, Any], gpu2_installed: None,
+                                                 tmp_path: Path) -> None:
+    """The flow's process is SIGKILLed once it has switched vLLM and Redis: nothing restores
+    anything. The rerun gives back the dead run's Prefect slot, takes over its snapshot (the
+    true phase-1 state), finds vLLM and Redis already as planned (no second switch), finishes
+    the rest and ends in phase 2; the dead run is marked Crashed."""
+    params = FAST
+    script = ("import json, sys\nfrom flows.phase_transition import phase_transition\n"
+              "phase_transition(target_phase=2, **json.loads(sys.argv[1]))\n")
+    with open(tmp_path / "killed.log", "wb") as log:
+        proc = subprocess.Popen(  # its own process, so that it can die like a crashed worker
+            [sys.executable, "-c", script, json.dumps(params)], stdout=log, stderr=log,
+            env={**os.environ, "PREFECT_API_URL": lab["prefect"]["api_url"]})
+    try:
+        killed = _answer("Alice Kim", "CTO", True)
+        _answer("Bob Lee", "CFO", True)
+        _wait_audit(lab, killed, "stage Redis: ok", 180)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    assert _phase(lab) == 1  # half-applied: vLLM and Redis changed, the phase not recorded
+    t, out = _in_thread(lambda: phase_transition(target_phase=2, return_state=True, **params))
+    rerun = _answer("Alice Kim", "CTO", True, timeout=90)
+    _answer("Bob Lee", "CFO", True)
+    t.join(300)
+    try:
+        assert out["state"].is_completed(), out["state"].message
+        assert out["state"].result()["resumed_from"] == killed
+        _assert_phase_2(lab)
+        with get_client(sync_client=True) as client:
+            assert client.read_flow_run(UUID(killed)).state.name == "Crashed"  # type: ignore[union-attr]
+        with psycopg.connect(lab["postgres"]["state_dsn"]) as conn:
+            snaps = dict(conn.execute(
+                "SELECT flow_run_id, array_agg(DISTINCT outcome) FROM snapshots"
+                " WHERE flow_run_id IN (%s, %s) GROUP BY flow_run_id", (killed, rerun)))
+            taken = conn.execute(
+                "SELECT flow_run_id, payload FROM snapshots WHERE component = 'containers'"
+                " AND flow_run_id IN (%s, %s)", (killed, rerun)).fetchall()
+            actions = [r[0] for r in conn.execute(
+                "SELECT action FROM audit_log WHERE flow_run_id = %s ORDER BY id", (rerun,))]
+            switch = conn.execute(
+                "SELECT detail->>'count' FROM audit_log WHERE flow_run_id = %s"
+                " AND action = 'failed requests during the vLLM switch'", (rerun,)).fetchone()
+        assert snaps == {killed: [f"resumed by {rerun}"], rerun: ["succeeded"]}
+        assert taken[0][1] == taken[1][1]  # the rerun's snapshot is the dead run's: phase 1
+        tp = [c["args"][c["args"].index("--tensor-parallel-size") + 1]
+              for c in taken[0][1]["value"]]
+        assert tp == ["1"]
+        assert {"gave back the slot of a run that died",
+                "resuming an interrupted run"} <= set(actions)
+        assert not [a for a in actions if a.startswith("stage rollback")]
+        assert switch == ("0",)  # vLLM already ran as planned: left serving, not restarted
+    finally:
+        _scale_back(lab)
+
+
+def _assert_phase_2(lab: dict[str, Any]) -> None:
+    """The exact phase-2 state: phase, vLLM spec, Cloud Run fields, Redis config."""
+    assert _phase(lab) == 2
+    host = gpu_host_block(next(h for h in lab["gpu_hosts"] if h["name"] == "gpu-1"))
+    spec = container_spec.fn(host, "vllm-server")
+    assert spec and spec["running"] and spec["gpus"] == [0, 1] and spec["ipc"] == "host"
+    assert spec["args"][spec["args"].index("--tensor-parallel-size") + 1] == "2"
+    settings = read_service_settings.fn(load_block(GcpConnection, "lab-gcp"))
+    assert (settings["min_instances"], settings["max_instances"], settings["memory"],
+            settings["cpu"]) == (1, 8, "4Gi", "2")
+    r = redis.Redis.from_url(lab["redis"]["url"], decode_responses=True)
+    assert r.config_get("maxmemory")["maxmemory"] == str(16 * 1024**3)
+    assert r.config_get("maxmemory-policy")["maxmemory-policy"] == "allkeys-lru"

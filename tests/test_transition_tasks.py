@@ -5,6 +5,7 @@ snapshots. Every test leaves the shared session lab exactly as it found it."""
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 import uuid
@@ -145,12 +146,11 @@ def test_phase1_container_spec_through_prefect_recreates_its_run_argv(
     assert spec["host"] == "gpu-1" and spec["name"] == "vllm-server"
     assert spec["host_port"] == host.vllm_port and spec["restart"] == "always"
     assert spec["volumes"] == ["/models:/models"]
-    # As `lab up` started it, or as a phase transition (tests before this one) re-created it
-    # from the plan; `--ipc host` is not in docker inspect's subset that the spec keeps.
+    # As `lab up` started it (no --ipc), or as a phase transition (tests before this one)
+    # re-created it from the plan (with `--ipc host`, which the spec keeps).
     planned = docker_run_args(vllm_containers(load_plan(), 1, {"gpu-1": host.vllm_port})[0])
-    ipc = planned.index("--ipc")
-    assert run_argv_from_spec(spec) in (["run", *phase1_vllm_args(host.vllm_port)],
-                                         planned[:ipc] + planned[ipc + 2:])
+    assert spec["ipc"] in (None, "host")
+    assert run_argv_from_spec(spec) in (["run", *phase1_vllm_args(host.vllm_port)], planned)
 
 
 def _argv(port: int, devices: str, tp: int) -> list[str]:
@@ -165,10 +165,12 @@ def test_container_lifecycle_is_idempotent_over_ssh(gpu2: GpuHost) -> None:
     port, name = free_port(), "phasegate-test-vllm"
     assert container_spec.fn(gpu2, name) is None
     tp2 = _argv(port, "0,1", 2)
+    tp2[tp2.index("--restart"):tp2.index("--restart")] = ["--ipc", "host"]
     started = run_container.fn(gpu2, tp2)
     assert started["action"] == "started" and started["replaced"] is None
     spec = started["spec"]
     assert (spec["gpus"], spec["host_port"], spec["running"]) == ([0, 1], port, True)
+    assert spec["ipc"] == "host"  # TP workers share memory: a restored container keeps it
     assert spec["args"][spec["args"].index("--tensor-parallel-size") + 1] == "2"
     assert parse_run_argv(run_argv_from_spec(spec)) == parse_run_argv(tp2)
     ready = wait_vllm_ready.fn(f"http://127.0.0.1:{port}", MODEL, timeout_s=30, interval_s=0.2)
@@ -177,7 +179,8 @@ def test_container_lifecycle_is_idempotent_over_ssh(gpu2: GpuHost) -> None:
     assert run_container.fn(gpu2, tp2)["action"] == "unchanged"
     tp1 = _argv(port, "0", 1)
     replaced = run_container.fn(gpu2, tp1)
-    assert replaced["action"] == "replaced" and replaced["replaced"] == "differs in args, gpus"
+    assert replaced["action"] == "replaced"
+    assert replaced["replaced"] == "differs in args, gpus, ipc"
     assert replaced["spec"]["gpus"] == [0]
 
     assert stop_container.fn(gpu2, name)["action"] == "stopped"
@@ -257,6 +260,31 @@ def test_cloud_run_settings_are_applied_read_back_and_idempotent(lab: dict[str, 
         # `before` (with its etag and generation) is accepted as is: that is the undo step.
         restored = apply_service_settings.fn(gcp, first["before"] if first else original)
     assert _fields(restored["after"]) == PHASE1_CLOUD_RUN
+
+
+def test_vllm_urls_route_the_api_once_the_rollout_is_serving(lab: dict[str, Any],
+                                                             lab_layout: Any) -> None:
+    """`vllm_urls` is the API container's VLLM_BASE_URLS; the lab's API follows the serving
+    revision, so a route to a dead server fails its AI feedback until it is routed back."""
+    import httpx
+
+    gcp = load_block(GcpConnection, "lab-gcp")
+    original = read_service_settings.fn(gcp)["vllm_urls"]
+    assert original == [lab["vllm"]["url"]]
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    feedback = f"{lab['api']['url']}/v1/feedback"
+    body = {"question_id": 1, "user_answer": "56"}
+    try:
+        out = apply_service_settings.fn(gcp, {"vllm_urls": [nowhere]})
+        assert out["changed"] == ["vllm_urls"] and out["mask"] == ["template.containers"]
+        assert out["after"]["vllm_urls"] == [nowhere]
+        assert _fields(out["after"]) == PHASE1_CLOUD_RUN  # nothing else moved
+        serving = json.loads(lab_layout.cloud_run_serving_file.read_text())
+        assert [r["env"]["VLLM_BASE_URLS"] for r in serving.values()] == [nowhere]
+        assert httpx.post(feedback, json=body, timeout=10).status_code == 502
+    finally:
+        apply_service_settings.fn(gcp, {"vllm_urls": original})
+    assert httpx.post(feedback, json=body, timeout=10).status_code == 200
 
 
 # ----------------------------------------------------------------------------- state store

@@ -1,0 +1,80 @@
+"""The vLLM switch under the lab's steady traffic: where the GPUs allow it, not one request fails.
+
+Phase 2 -> 3 on gpu-1 with 3 GPUs: the phase-3 replica on the free GPU starts first and takes the
+traffic (the API's Cloud Run env is routed to it) while the TP2 server drains and is replaced.
+Back 3 -> 2: the replica whose GPU the TP2 server does not need serves until the TP2 server is up.
+The API's own counters (what users saw) are read before and after each switch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from blocks.lab import gpu_host_block
+from flows.phase_transition import Run, Target, connect, deploy
+from lab import control
+from policy.plan import load_plan
+from policy.transition import vllm_containers
+from tasks.cloud_run import read_service_settings
+from tasks.gpu_hosts import container_spec
+from tasks.vllm import api_answers
+
+pytestmark = pytest.mark.lab
+
+
+def switch(run: Run, old: list[Target], new: list[Target], api_url: str) -> tuple[int, int]:
+    """deploy(old -> new); (AI requests answered meanwhile, of which failed)."""
+    before = api_answers(api_url, "/v1/feedback")
+    deploy(run, old, new)
+    time.sleep(1.0)  # answers in flight when the switch ended are counted too
+    after = api_answers(api_url, "/v1/feedback")
+    assert before is not None and after is not None
+    return int(after[0] - before[0]), int(after[1] - before[1])
+
+
+def planned(run: Run, phase: int) -> list[Target]:
+    """The phase's vLLM containers as the plan lays them out on the lab's hosts."""
+    ports = {name: host.vllm_port for name, host in run.hosts.items()}
+    return [Target.planned(s) for s in vllm_containers(run.plan, phase, ports)]
+
+
+@pytest.fixture
+def gpu1_with_three(lab: dict[str, Any], lab_layout: Any) -> Iterator[Run]:
+    """gpu-1 with 3 GPUs, serving phase 2; back to its phase-1 container and 1 GPU after."""
+    control.set_gpu_count(lab_layout, "gpu-1", 3)
+    run = connect(load_plan(), "lab", "custom-webhook/lab-slack", [1, 2, 3])
+    run.vllm_ready_timeout_s = 30
+    host = gpu_host_block(next(h for h in lab["gpu_hosts"] if h["name"] == "gpu-1"))
+    spec = container_spec.fn(host, "vllm-server")
+    assert spec is not None and spec["running"]
+    original = Target.recorded(spec)
+    current = [original]
+    try:
+        deploy(run, current, planned(run, 2))  # stop-start: every GPU changes hands
+        current = planned(run, 2)
+        yield run
+        current = planned(run, 2)
+    finally:
+        deploy(run, current, [original])
+        control.set_gpu_count(lab_layout, "gpu-1", 1)
+
+
+def test_switch_keeps_serving_where_the_gpus_allow_it(lab: dict[str, Any],
+                                                       gpu1_with_three: Run) -> None:
+    run, api = gpu1_with_three, lab["api"]["url"]
+    up = switch(run, planned(run, 2), planned(run, 3), api)
+    urls = read_service_settings.fn(run.gcp)["vllm_urls"]
+    assert sorted(urls) == sorted(f"http://127.0.0.1:{t.port}" for t in planned(run, 3))
+    down = switch(run, planned(run, 3), planned(run, 2), api)
+    assert read_service_settings.fn(run.gcp)["vllm_urls"] == [
+        f"http://127.0.0.1:{planned(run, 2)[0].port}"]
+    # Traffic flowed during both switches (so a failure would have shown), and none failed.
+    assert up[0] > 0 and down[0] > 0, (up, down)
+    assert (up[1], down[1]) == (0, 0), (up, down)
+    host = run.hosts["gpu-1"]
+    assert [container_spec.fn(host, n) for n in ("vllm-server-1", "vllm-server-2")] == [
+        None, None]  # the phase-3 replicas are gone, not just stopped
