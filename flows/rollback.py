@@ -50,13 +50,13 @@ def rollback(flow_run_id: str | None = None, plan_path: str | None = None, prefi
         ports = {h: b.vllm_port for h, b in run.hosts.items()}
         live = [c for c in (container_spec(run.hosts[s.host], s.name)
                             for s in vllm_containers(plan, phase_now, ports)) if c]
-        with run.stage("rollback vLLM"):
-            deploy(run, [Target.recorded(c) for c in live], recorded)
-        with run.stage("rollback Cloud Run"):
-            apply_service_settings(run.gcp, snaps["cloud_run"].payload["value"])
-        with run.stage("rollback Redis"):
-            r = snaps["redis"].payload["value"]
-            apply_memory_config(run.redis, r["maxmemory"], r["maxmemory_policy"])
+        r = snaps["redis"].payload["value"]
+        run.step("rollback vLLM", lambda: deploy(run, [Target.recorded(c) for c in live],
+                                                 recorded))
+        run.step("rollback Cloud Run",
+                 lambda: apply_service_settings(run.gcp, snaps["cloud_run"].payload["value"]))
+        run.step("rollback Redis", lambda: apply_memory_config(run.redis, r["maxmemory"],
+                                                               r["maxmemory_policy"]))
         with pg.get_connection(pg.state_database) as conn:
             state_store.set_phase(conn, phase_then, f"rollback {run.run_id}")
             # A run that died mid-way is finished by this restore: no rerun resumes from it.

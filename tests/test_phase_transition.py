@@ -20,11 +20,13 @@ from uuid import UUID
 import psycopg
 import pytest
 import redis
+from _plans import light_plan
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     FlowFilter,
     FlowFilterName,
     FlowRunFilter,
+    FlowRunFilterId,
     FlowRunFilterState,
     FlowRunFilterStateType,
 )
@@ -42,9 +44,8 @@ pytestmark = pytest.mark.lab
 
 REPORTS = Path(tempfile.mkdtemp(prefix="phasegate-reports-"))
 FAST = {"watch_duration": "6s", "watch_interval": "2s", "watch_min_window": "5s",
-        # As the demo: 0.005 squeezed phase 2's 2-minute ramp to 500 VUs into 0.6 s, an arrival
-        # burst (~800 journeys/s) no real ramp has, and the lab's 2 cores missed p95 < 300 ms.
-        "load_test_scale": 0.01,
+        "plan_path": light_plan(),  # the real plan with load-test VUs / 10 (tests/_plans.py)
+        "load_test_scale": 0.005,
         "approval_timeout": "60s", "approval_poll": "1s", "vllm_ready_timeout": "20s",
         "reports_dir": str(REPORTS)}
 
@@ -114,13 +115,14 @@ def test_skip_phase_is_refused_before_anything(lab: dict[str, Any]) -> None:
 
 def test_one_to_two_happy_path(lab: dict[str, Any], gpu2_installed: None) -> None:
     t, out = _in_thread(lambda: phase_transition(target_phase=2, return_state=True, **FAST))
-    _answer("Alice Kim", "CTO", True)
+    run_id = _answer("Alice Kim", "CTO", True)
     _answer("Bob Lee", "CFO", True)
     t.join(300)
     state = out["state"]
     try:
         assert state.is_completed(), state.message
         assert _phase(lab) == 2
+        assert _stages(run_id) == STAGES
         host = gpu_host_block(next(h for h in lab["gpu_hosts"] if h["name"] == "gpu-1"))
         spec = container_spec.fn(host, "vllm-server")
         assert spec and spec["running"] and "--tensor-parallel-size" in spec["args"]
@@ -145,6 +147,20 @@ def test_one_to_two_happy_path(lab: dict[str, Any], gpu2_installed: None) -> Non
             t.join(300)
             assert out["state"].is_completed(), out["state"].message
             _assert_phase_1_intact(lab)
+
+
+STAGES = ["snapshot", "backup", "gpu detection", "vLLM redeploy", "Redis", "Cloud Run",
+          "load test", "metric watch"]
+
+
+def _stages(run_id: str) -> list[str]:
+    """The runbook stages the UI shows for a run: its stage task runs, in order."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[UUID(run_id)])))
+    ordered = sorted(runs, key=lambda r: r.start_time or r.expected_start_time)
+    names = [r.name.rsplit("-", 1)[0] for r in ordered]  # task run names are "<task>-<id>"
+    return [n for n in names if n in STAGES]
 
 
 def _scale_back(lab: dict[str, Any]) -> None:
