@@ -26,6 +26,7 @@ from lab.supervisor import phase1_vllm_args
 from phasegate.errors import (
     PreconditionFailed,
     RemoteTimeout,
+    SafetyStop,
     SourceUnavailable,
     TransitionLocked,
 )
@@ -45,13 +46,18 @@ from tasks.gpu_hosts import (
 from tasks.postgres import count_rows
 from tasks.redis_cache import apply_memory_config, read_memory_config
 from tasks.state_store import (
+    close_snapshots,
     create_state_schema,
+    interrupted_run,
     latest_snapshot,
     list_approvals,
+    mark_slot_released,
     record_approval,
+    record_slot_lease,
     save_postmortem,
     save_snapshot,
     transition_lock,
+    unreleased_slot_leases,
 )
 
 pytestmark = pytest.mark.lab
@@ -314,6 +320,46 @@ def test_transition_lock_refuses_a_second_holder(lab: dict[str, Any]) -> None:
             raise ValueError("boom")
         with transition_lock(second):  # released on exit, also after the error
             pass
+
+
+def test_an_open_snapshot_is_an_interrupted_run_until_closed(lab: dict[str, Any]) -> None:
+    """A run that saved its snapshot and never ended is found (newest first); closing it, or
+    an outcome, hides it. Phase 97 keeps real runs' rows out of the way."""
+    from flows.phase_transition import _take_over
+
+    dead, older = f"test-{uuid.uuid4()}", f"test-{uuid.uuid4()}"
+    with psycopg.connect(lab["postgres"]["state_dsn"]) as conn:
+        create_state_schema(conn)
+        assert interrupted_run(conn, 97) is None
+        save_snapshot(conn, older, 97, "redis", {"value": 1}, to_phase=98)
+        for component in ("containers", "cloud_run", "redis"):
+            save_snapshot(conn, dead, 97, component, {"value": component}, to_phase=98)
+        found = interrupted_run(conn, 97)
+        assert found is not None and (found.flow_run_id, found.to_phase) == (dead, 98)
+        assert sorted(found.payloads) == ["cloud_run", "containers", "redis"]
+        # A rerun towards another phase must not adopt it: refused before touching anything.
+        with pytest.raises(SafetyStop, match=r"phase 97 -> 98\).*rollback deployment"):
+            _take_over(None, found, 96)  # type: ignore[arg-type]
+        assert close_snapshots(conn, dead, "resumed by test") == 3
+        assert close_snapshots(conn, dead, "again") == 0
+        assert interrupted_run(conn, 97).flow_run_id == older  # type: ignore[union-attr]
+        close_snapshots(conn, older, "rolled back")
+        assert interrupted_run(conn, 97) is None
+        conn.execute("DELETE FROM snapshots WHERE phase = 97")
+        conn.commit()
+
+
+def test_slot_leases_are_listed_until_released(lab: dict[str, Any]) -> None:
+    lease, run_id = str(uuid.uuid4()), f"test-{uuid.uuid4()}"
+    with psycopg.connect(lab["postgres"]["state_dsn"]) as conn:
+        create_state_schema(conn)
+        record_slot_lease(conn, lease, run_id)
+        record_slot_lease(conn, lease, run_id)  # idempotent
+        assert (lease, run_id) in unreleased_slot_leases(conn)
+        mark_slot_released(conn, lease, "test")
+        assert (lease, run_id) not in unreleased_slot_leases(conn)
+        conn.execute("DELETE FROM slot_leases WHERE lease_id = %s", (lease,))
+        conn.commit()
 
 
 def test_snapshots_approvals_and_postmortems_round_trip(lab: dict[str, Any]) -> None:
