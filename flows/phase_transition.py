@@ -4,8 +4,10 @@ Runbook: guards (one step, one transition at a time, phase read from the state s
 approvals (CTO and CFO, two people) -> snapshot of what will change -> verified backup -> GPU
 detection on every host -> vLLM redeploy (health + a real completion) -> Redis -> Cloud Run ->
 load test -> metric watch -> record the phase and write the postmortem. Any failure after the
-first change runs the compensation stack in reverse (vLLM, Cloud Run, Redis are restored and
+first change runs the compensation stack (each change stacks its undo before acting; they run
+in policy.transition.ROLLBACK_ORDER: vLLM, Cloud Run, Redis, each restoring the snapshot and
 verified), marks the run Failed and writes an incident report. Decisions live in policy/.
+Each stage is a Prefect task named after it, so the UI shows the runbook.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from policy.durations import parse_duration
 from policy.plan import Plan, Watch, load_plan
 from policy.postmortem import PostmortemFacts, render_incident, render_postmortem
 from policy.transition import (
+    ROLLBACK_ORDER,
     ChangeSet,
     ContainerSpec,
     check_step,
@@ -448,10 +451,10 @@ def _fmt_run(s: dict[str, Any]) -> str:
 
 
 def _rollback(run: Run, reason: str) -> list[str]:
-    """Undo every applied change, newest first (vLLM, Cloud Run, Redis in that order since they
-    were applied in reverse). Each undo verifies itself; one failing does not stop the rest."""
+    """Undo every applied change in the plan's rollback order (vLLM, Cloud Run, Redis). Each
+    undo restores the snapshot and verifies itself; one failing does not stop the rest."""
     problems = []
-    for name, undo in reversed(run.undo):
+    for name, undo in sorted(run.undo, key=lambda u: ROLLBACK_ORDER.index(u[0])):
         try:
             run.step(f"rollback {name}", undo)
         except Exception as exc:  # noqa: BLE001 - keep restoring the rest, report all

@@ -29,6 +29,7 @@ __all__ = [
     "CONTAINER_PORT",
     "DEFAULT_BASE_PORT",
     "MODELS_MOUNT",
+    "ROLLBACK_ORDER",
     "VLLM_NAME",
     "ApprovalAnswer",
     "ApprovalDecision",
@@ -59,6 +60,10 @@ VLLM_NAME = "vllm-server"          # the seed's container name
 CONTAINER_PORT = 8000              # vLLM's default port inside the container
 DEFAULT_BASE_PORT = 8000           # the seed's `-p 8000:8000`
 MODELS_MOUNT = "/models:/models"   # the seed's `-v /models:/models`
+# The order a failed transition restores its changes in (the seed's rollback script: vLLM
+# first, so the known-good servers answer again; then Cloud Run; then Redis), whatever order
+# they were applied in.
+ROLLBACK_ORDER = ("vLLM", "Cloud Run", "Redis")
 
 
 # ---------------------------------------------------------------- the step guard

@@ -305,12 +305,18 @@ def test_prometheus_down_during_watch_rolls_back(lab: dict[str, Any],
         target_phase=2, return_state=True,
         **{**FAST, "prometheus_block": "dead-prometheus", "watch_duration": "20s",
            "watch_interval": "1s"}))
-    _answer("Alice Kim", "CTO", True)
+    run_id = _answer("Alice Kim", "CTO", True)
     _answer("Bob Lee", "CFO", True)
     t.join(300)
     state = out["state"]
     assert state.is_failed() and "metric watch error" in state.message, state.message
     _assert_phase_1_intact(lab)
+    with psycopg.connect(lab["postgres"]["state_dsn"]) as conn:
+        restored = [r[0] for r in conn.execute(
+            "SELECT action FROM audit_log WHERE flow_run_id = %s AND action LIKE"
+            " 'stage rollback %%: ok' ORDER BY id", (run_id,))]
+    assert restored == ["stage rollback vLLM: ok", "stage rollback Cloud Run: ok",
+                        "stage rollback Redis: ok"]  # the seed's order: serving first
     assert next(REPORTS.glob("incident-1-to-2-*.md")).read_text()
 
 
