@@ -17,12 +17,18 @@ from prefect.artifacts import create_image_artifact, create_table_artifact
 
 from blocks.systems import PostgresConnection, PrometheusConnection, load_block
 from flows.sources import current_phase, fetch_days
-from policy.forecast import SeriesForecast, checklist_lead_days, forecast_series, lead_time_alerts
+from policy.forecast import (
+    SeriesForecast,
+    alerts_to_send,
+    checklist_lead_days,
+    forecast_series,
+    lead_time_alerts,
+)
 from policy.plan import load_plan
 from policy.trigger_inputs import ForecastTarget, forecast_targets, last_complete_day
 from tasks.notifications import send_notification
 from tasks.reports import forecast_png, png_data_uri
-from tasks.state_store import save_forecast
+from tasks.state_store import last_forecast, save_forecast
 
 __all__ = ["capacity_forecast"]
 
@@ -75,12 +81,16 @@ def capacity_forecast(plan_path: str | None = None, prefix: str = "lab",
     transition = next((t for t in plan.transitions if t.from_phase == phase), None)
     lead = checklist_lead_days(s.stage for s in transition.checklist) if transition else 7
     alerts = lead_time_alerts([f for f, _ in forecasts], today, lead)
-    for alert in alerts:
-        send_notification(notifications, f"capacity: {alert.series}", alert.message)
+    with pg.get_connection(pg.state_database) as conn:
+        previous = last_forecast(conn) or {}
+    # Daily runs repeat an alert only when it is new, escalates, moves earlier, or weekly.
+    send, notices = alerts_to_send(alerts, previous.get("alerts", []), today)
+    for alert, why in send:
+        send_notification(notifications, f"capacity ({why}): {alert.series}", alert.message)
     _publish(forecasts, today)
     result = {"phase": phase, "today": today.isoformat(), "lead_days": lead,
-              "series": [f.to_dict() for f, _ in forecasts],
-              "alerts": [a.to_dict() for a in alerts]}
+              "series": [f.to_dict() for f, _ in forecasts], "alerts": notices,
+              "notified": [f"{a.series}: {a.eta.label} ({why})" for a, why in send]}
     with pg.get_connection(pg.state_database) as conn:
         save_forecast(conn, result)
     return result

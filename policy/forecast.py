@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from typing import Any, Literal, NamedTuple
@@ -55,6 +55,7 @@ __all__ = [
     "choose_model",
     "clamp",
     "forecast_series",
+    "alerts_to_send",
     "lead_time_alerts",
     "prepare_history",
     "stage_lead_days",
@@ -579,3 +580,49 @@ def lead_time_alerts(forecasts: Iterable[SeriesForecast], today: date, lead_days
             alerts.append(Alert(forecast.name, eta, days, lead_days, basis,
                                 _alert_message(forecast.name, eta, lead_days, stage)))
     return alerts
+
+
+REMIND_DAYS = 7   # an alert that still holds is repeated weekly, never silenced for good
+
+
+def _notice(alert: Alert, today: date, notified_on: date) -> dict[str, Any]:
+    return {**alert.to_dict(), "crossing_on": (today + timedelta(days=alert.days_until))
+            .isoformat(), "notified_on": notified_on.isoformat()}
+
+
+def _why_send(alert: Alert, before: Mapping[str, Any] | None, today: date,
+              remind_days: int) -> str | None:
+    """Why this alert goes out today ("new", "escalated", "earlier", "reminder"), or None."""
+    if before is None:
+        return "new"
+    if alert.basis == "already_crossed" and before.get("basis") != "already_crossed":
+        return "escalated"
+    crossing = today + timedelta(days=alert.days_until)
+    if crossing < date.fromisoformat(before["crossing_on"]):
+        return "earlier"
+    if (today - date.fromisoformat(before["notified_on"])).days >= remind_days:
+        return "reminder"
+    return None
+
+
+def alerts_to_send(alerts: Iterable[Alert], previous: Iterable[Mapping[str, Any]],
+                   today: date, remind_days: int = REMIND_DAYS,
+                   ) -> tuple[list[tuple[Alert, str]], list[dict[str, Any]]]:
+    """Which of today's lead-time alerts to notify, so a daily forecast does not repeat itself.
+
+    `previous` is the last run's stored notices (the second value this returns). An alert goes
+    out when it is new (or came back), when it escalates to "already crossed", when its
+    earliest crossing moved earlier, or `remind_days` after it last went out. Returns the
+    (alert, why) pairs to send and today's notices to store.
+    """
+    before = {(p["series"], p["eta"]["label"]): p for p in previous
+              if "crossing_on" in p and "notified_on" in p}
+    send, notices = [], []
+    for alert in alerts:
+        last = before.get((alert.series, alert.eta.label))
+        why = _why_send(alert, last, today, remind_days)
+        notified = today if why or last is None else date.fromisoformat(last["notified_on"])
+        if why:
+            send.append((alert, why))
+        notices.append(_notice(alert, today, notified))
+    return send, notices

@@ -20,7 +20,7 @@ from phasegate.errors import TransitionLocked
 
 __all__ = ["SCHEMA_SQL", "TRANSITION_LOCK_KEY", "Snapshot", "append_audit",
            "create_state_schema", "last_trigger_report", "last_trigger_state",
-           "Interrupted", "close_snapshots", "interrupted_run", "latest_snapshot",
+           "Interrupted", "close_snapshots", "last_forecast", "interrupted_run", "latest_snapshot",
            "mark_slot_released", "record_slot_lease", "unreleased_slot_leases",
            "list_approvals",
            "read_current_phase", "record_approval", "save_forecast", "save_postmortem",
@@ -166,6 +166,13 @@ def last_trigger_state(conn: psycopg.Connection[Any], to_phase: int) -> dict[str
     """The alert state saved by the latest evaluation of the transition to `to_phase`."""
     row = conn.execute("SELECT state FROM trigger_evaluations WHERE to_phase = %s"
                        " ORDER BY at DESC, id DESC LIMIT 1", (to_phase,)).fetchone()
+    return None if row is None else dict(row[0])
+
+
+def last_forecast(conn: psycopg.Connection[Any]) -> dict[str, Any] | None:
+    """The newest stored capacity forecast result, or None."""
+    row = conn.execute("SELECT result FROM forecasts ORDER BY at DESC, id DESC LIMIT 1").fetchone()
+    conn.commit()
     return None if row is None else dict(row[0])
 
 

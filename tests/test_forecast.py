@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from datetime import date, timedelta
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ from policy.forecast import (
     Comparison,
     Eta,
     SeriesForecast,
+    alerts_to_send,
     backtest,
     checklist_lead_days,
     choose_model,
@@ -294,3 +296,38 @@ def test_lead_time_alerts(eta: Eta, basis: str | None) -> None:
         message = alerts[0].message
         assert "10K users" in message and "D-7" in message and "purchase" in message
         json.dumps(alerts[0].to_dict())
+
+
+def _alerts_on(day: date, eta: int, early: int, crossed: bool = False) -> list[Any]:
+    """The lead-time alerts a forecast made on `day` raises (ETA offsets from TODAY)."""
+    forecast = SeriesForecast("users_total", "log_linear", [_eta(eta, early, None, crossed)],
+                              {}, [], YESTERDAY)
+    return lead_time_alerts([forecast], day, lead_days=7)
+
+
+def test_capacity_alerts_go_out_when_new_escalated_earlier_or_weekly_not_daily() -> None:
+    def run(day: date, alerts: list[Any], previous: list[Any]) -> tuple[list[str], list[Any]]:
+        send, notices = alerts_to_send(alerts, previous, day)
+        json.dumps(notices)
+        return [why for _, why in send], notices
+
+    d = [TODAY + timedelta(days=n) for n in range(12)]
+    sent, stored = run(d[0], _alerts_on(d[0], 5, 3), [])
+    assert sent == ["new"]
+    sent, stored = run(d[1], _alerts_on(d[1], 5, 3), stored)  # same crossing dates
+    assert sent == []
+    sent, stored = run(d[2], _alerts_on(d[2], 4, 2), stored)  # crossing a day earlier
+    assert sent == ["earlier"]
+    sent, stored = run(d[3], _alerts_on(d[3], 5, 3), stored)  # later again: no news
+    assert sent == []
+    sent, stored = run(d[4], _alerts_on(d[4], -1, -1, crossed=True), stored)
+    assert sent == ["escalated"]
+    quiet = stored
+    for n in range(5, 11):  # still crossed, nothing new: silent until a week after the last
+        sent, quiet = run(d[n], _alerts_on(d[n], -1, -1, crossed=True), quiet)
+        assert sent == [], n
+    sent, _ = run(d[11], _alerts_on(d[11], -1, -1, crossed=True), quiet)
+    assert sent == ["reminder"]
+    # Gone for a day (the forecast moved beyond the lead time), then back: new again.
+    assert run(d[11], [], quiet)[1] == []
+    assert run(d[11], _alerts_on(d[11], 5, 3), [])[0] == ["new"]

@@ -105,6 +105,11 @@ def test_capacity_forecast_dates_the_thresholds(lab: dict[str, Any]) -> None:
     assert {"capacity-forecast-etas", "capacity-forecast-backtest"} <= set(arts)
     with psycopg.connect(lab["postgres"]["state_dsn"]) as conn:
         assert conn.execute("SELECT count(*) FROM forecasts").fetchone()[0] >= 1
+    # The same day again: the same alerts stand, none is sent twice.
+    again = capacity_forecast()
+    assert again["notified"] == []
+    assert [(a["series"], a["eta"]["label"], a["notified_on"]) for a in again["alerts"]] == [
+        (a["series"], a["eta"]["label"], a["notified_on"]) for a in out["alerts"]]
 
 
 def test_cli_json_shapes(lab: dict[str, Any]) -> None:
