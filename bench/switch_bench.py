@@ -22,7 +22,6 @@ from lab import control
 from lab.layout import LabLayout
 from lab.supervisor import UpOptions, down, up
 from policy.plan import load_plan
-from policy.transition import vllm_containers
 from tasks.gpu_hosts import container_spec, remove_container, run_container, stop_container
 from tasks.vllm import api_answers
 
@@ -55,17 +54,11 @@ def measure(method: Method, run: Run, old: list[Target], new: list[Target],
     return int(after[0] - before[0]), int(after[1] - before[1]), took
 
 
-def planned(run: Run, phase: int) -> list[Target]:
-    """The phase's vLLM containers as the plan lays them out on the lab's hosts."""
-    ports = {h: b.vllm_port for h, b in run.hosts.items()}
-    return [Target.planned(s) for s in vllm_containers(run.plan, phase, ports)]
-
-
 def walk(name: str, method: Method, run: Run, api_url: str) -> list[Row]:
     """1 -> 2 -> 3 -> 2 -> 1 with one method; a row per switch."""
     rows = []
     for a, b in ((1, 2), (2, 3), (3, 2), (2, 1)):
-        answered, failed, took = measure(method, run, planned(run, a), planned(run, b), api_url)
+        answered, failed, took = measure(method, run, run.planned(a), run.planned(b), api_url)
         rows.append((f"{a} -> {b}", name, answered, failed, took))
         time.sleep(2.0)  # steady traffic again before the next switch
     return rows
@@ -91,7 +84,7 @@ def main() -> None:
                 spec = container_spec.fn(run.hosts["gpu-1"], "vllm-server")
                 assert spec is not None
                 # Start from the plan's phase-1 container (the lab starts it with --gpus all).
-                deploy(run, [Target.recorded(spec)], planned(run, 1))
+                deploy(run, [Target.recorded(spec)], run.planned(1))
                 time.sleep(3.0)
                 for name, method in (("seed stop-start", seed_stop_start),
                                      ("phasegate deploy", deploy)):

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psycopg
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -62,6 +63,7 @@ from policy.transition import (
     financial_check,
     format_redis_bytes,
     plan_changes,
+    vllm_containers,
 )
 from policy.watch import (
     WatchState,
@@ -124,6 +126,15 @@ class Run:
     timeline: list[dict[str, Any]] = field(default_factory=list)
     actions: list[tuple[str, str, str]] = field(default_factory=list)
     undo: list[tuple[str, Callable[[], object]]] = field(default_factory=list)
+
+    @property
+    def vllm_ports(self) -> dict[str, int]:
+        """Each GPU host's base vLLM port (replica k is published on it + k)."""
+        return {name: host.vllm_port for name, host in self.hosts.items()}
+
+    def planned(self, phase: int) -> list[Target]:
+        """The phase's vLLM containers as the plan lays them out on these hosts."""
+        return [Target.planned(s) for s in vllm_containers(self.plan, phase, self.vllm_ports)]
 
     def audit(self, action: str, **detail: Any) -> None:
         """Append to the audit table (and the log)."""
@@ -200,7 +211,8 @@ def one_at_a_time(run: Run) -> Iterator[None]:
             state_store.mark_slot_released(conn, lease, run.run_id)
 
 
-def _take_slot(run: Run, conn: Any) -> str:
+def _take_slot(run: Run, conn: psycopg.Connection[Any]) -> str:
+    """The transition slot's lease id; a dead run's slot (its lease recorded) is given back."""
     lease = take_slot(run.slot_lease_s)
     if lease is None:
         for dead_lease, dead_run in state_store.unreleased_slot_leases(conn):
@@ -403,14 +415,25 @@ def _route(run: Run, targets: list[Target]) -> None:
 
 def _drain(run: Run, targets: list[Target], timeout_s: float = 60.0) -> None:
     """Wait (bounded) until these servers hold no request, so stopping them fails none."""
+    # An unreadable server is not serving anything: nothing to wait for.
+    busy = _wait_quiet([_url(run, t) for t in targets], 0, timeout_s, unreadable_busy=False)
+    if busy:
+        run.audit("drain timed out; stopping anyway", urls=busy)
+
+
+def _wait_quiet(urls: list[str], at_most: int, timeout_s: float,
+                unreadable_busy: bool) -> list[str]:
+    """Poll (bounded) each vLLM server's running + waiting requests until it holds at most
+    `at_most`; the URLs still busy when `timeout_s` ran out."""
     deadline = time.monotonic() + timeout_s
-    pending = [_url(run, t) for t in targets]
-    while pending and time.monotonic() < deadline:
-        pending = [u for u in pending if (queue_depth(u) or 0) > 0]  # unreadable: not serving
-        if pending:
-            time.sleep(0.5)
-    if pending:
-        run.audit("drain timed out; stopping anyway", urls=pending)
+    busy = list(urls)
+    while busy:
+        depths = {u: queue_depth(u) for u in busy}
+        busy = [u for u, d in depths.items() if (unreadable_busy if d is None else d > at_most)]
+        if not busy or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    return busy
 
 
 def _redeploy_vllm(run: Run, changes: ChangeSet, snap: dict[str, Any]) -> None:
@@ -481,15 +504,10 @@ def _load_test(run: Run, to_phase: int, scale: float) -> dict[str, Any]:
 def _settle(run: Run, changes: ChangeSet, timeout_s: float = 120.0) -> None:
     """Wait (bounded) until the load test's backlog has drained from every vLLM server, so the
     watch measures the service under its own traffic, not the load test's tail."""
-    urls = [f"http://{run.hosts[s.host].host}:{s.host_port}" for s in changes.vllm_after]
-    deadline = time.monotonic() + timeout_s
-    depths: list[int | None] = []
-    while time.monotonic() < deadline:
-        depths = [queue_depth(u) for u in urls]
-        if all(d is not None and d <= 2 for d in depths):
-            return
-        time.sleep(1.0)
-    run.audit("settle: backlog still present, watching anyway", depths=depths)
+    urls = [_url(run, Target.planned(s)) for s in changes.vllm_after]
+    busy = _wait_quiet(urls, 2, timeout_s, unreadable_busy=True)
+    if busy:
+        run.audit("settle: backlog still present, watching anyway", urls=busy)
 
 
 def _watch(run: Run, watch: Watch, changes: ChangeSet) -> WatchState:
@@ -547,8 +565,7 @@ def phase_transition(target_phase: int, plan_path: str | None = None, dry_run: b
     run.vllm_ready_timeout_s = parse_duration(vllm_ready_timeout).total_seconds()
     run.audit("requested", current=current, target=target_phase, direction=direction,
               dry_run=dry_run)
-    changes = plan_changes(plan, current, target_phase,
-                           {name: host.vllm_port for name, host in run.hosts.items()})
+    changes = plan_changes(plan, current, target_phase, run.vllm_ports)
     with one_at_a_time(run):
         if current_phase(pg) != current:  # re-read under the lock: someone moved first
             raise SafetyStop(f"phase changed to {current_phase(pg)} meanwhile; run again")

@@ -16,7 +16,6 @@ from flows.phase_transition import Target, connect, deploy, one_at_a_time
 from flows.sources import current_phase
 from phasegate.errors import PreconditionFailed
 from policy.plan import load_plan
-from policy.transition import vllm_containers
 from tasks import state_store
 from tasks.cloud_run import apply_service_settings
 from tasks.gpu_hosts import container_spec
@@ -47,9 +46,8 @@ def rollback(flow_run_id: str | None = None, plan_path: str | None = None, prefi
     run = connect(plan, prefix, notifications, sorted({phase_now, phase_then}))
     with one_at_a_time(run):
         recorded = [Target.recorded(c) for c in snaps["containers"].payload["value"]]
-        ports = {h: b.vllm_port for h, b in run.hosts.items()}
-        live = [c for c in (container_spec(run.hosts[s.host], s.name)
-                            for s in vllm_containers(plan, phase_now, ports)) if c]
+        live = [c for c in (container_spec(run.hosts[t.host], t.name)
+                            for t in run.planned(phase_now)) if c]
         r = snaps["redis"].payload["value"]
         run.step("rollback vLLM", lambda: deploy(run, [Target.recorded(c) for c in live],
                                                  recorded))

@@ -320,19 +320,28 @@ def test_prometheus_down_during_watch_rolls_back(lab: dict[str, Any],
     assert next(REPORTS.glob("incident-1-to-2-*.md")).read_text()
 
 
-def _assert_phase_1_intact(lab: dict[str, Any]) -> None:
-    """The exact phase-1 state: phase, vLLM spec, Cloud Run fields, Redis config."""
-    assert _phase(lab) == 1
+def _live(lab: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, Any], str, str]:
+    """What a transition changes, as it is now: phase, gpu-1's vLLM spec, Cloud Run settings,
+    Redis maxmemory and policy."""
     host = gpu_host_block(next(h for h in lab["gpu_hosts"] if h["name"] == "gpu-1"))
     spec = container_spec.fn(host, "vllm-server")
+    assert spec is not None
+    settings = read_service_settings.fn(load_block(GcpConnection, "lab-gcp"))
+    r = redis.Redis.from_url(lab["redis"]["url"], decode_responses=True)
+    return (_phase(lab), spec, settings, r.config_get("maxmemory")["maxmemory"],
+            r.config_get("maxmemory-policy")["maxmemory-policy"])
+
+
+def _assert_phase_1_intact(lab: dict[str, Any]) -> None:
+    """The exact phase-1 state: phase, vLLM spec, Cloud Run fields, Redis config."""
+    phase, spec, settings, maxmemory, policy = _live(lab)
+    assert phase == 1
     assert spec and spec["running"] and spec["gpus"] in ("all", [0])
     assert spec["args"][spec["args"].index("--tensor-parallel-size") + 1] == "1"
-    settings = read_service_settings.fn(load_block(GcpConnection, "lab-gcp"))
     assert (settings["min_instances"], settings["max_instances"], settings["memory"],
             settings["cpu"]) == (0, 3, "2Gi", "1")
-    r = redis.Redis.from_url(lab["redis"]["url"], decode_responses=True)
-    assert r.config_get("maxmemory")["maxmemory"] == str(4 * 1024**3)
-    assert r.config_get("maxmemory-policy")["maxmemory-policy"] == "volatile-lru"
+    assert maxmemory == str(4 * 1024**3)
+    assert policy == "volatile-lru"
 
 
 def test_ssh_frozen_during_redeploy_is_retried_never_half_applied(
@@ -432,14 +441,11 @@ def test_run_killed_mid_way_then_rerun_converges(lab: dict[str, Any], gpu2_insta
 
 def _assert_phase_2(lab: dict[str, Any]) -> None:
     """The exact phase-2 state: phase, vLLM spec, Cloud Run fields, Redis config."""
-    assert _phase(lab) == 2
-    host = gpu_host_block(next(h for h in lab["gpu_hosts"] if h["name"] == "gpu-1"))
-    spec = container_spec.fn(host, "vllm-server")
+    phase, spec, settings, maxmemory, policy = _live(lab)
+    assert phase == 2
     assert spec and spec["running"] and spec["gpus"] == [0, 1] and spec["ipc"] == "host"
     assert spec["args"][spec["args"].index("--tensor-parallel-size") + 1] == "2"
-    settings = read_service_settings.fn(load_block(GcpConnection, "lab-gcp"))
     assert (settings["min_instances"], settings["max_instances"], settings["memory"],
             settings["cpu"]) == (1, 8, "4Gi", "2")
-    r = redis.Redis.from_url(lab["redis"]["url"], decode_responses=True)
-    assert r.config_get("maxmemory")["maxmemory"] == str(16 * 1024**3)
-    assert r.config_get("maxmemory-policy")["maxmemory-policy"] == "allkeys-lru"
+    assert maxmemory == str(16 * 1024**3)
+    assert policy == "allkeys-lru"

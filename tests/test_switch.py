@@ -18,7 +18,6 @@ from blocks.lab import gpu_host_block
 from flows.phase_transition import Run, Target, connect, deploy
 from lab import control
 from policy.plan import load_plan
-from policy.transition import vllm_containers
 from tasks.cloud_run import read_service_settings
 from tasks.gpu_hosts import container_spec
 from tasks.vllm import api_answers
@@ -36,12 +35,6 @@ def switch(run: Run, old: list[Target], new: list[Target], api_url: str) -> tupl
     return int(after[0] - before[0]), int(after[1] - before[1])
 
 
-def planned(run: Run, phase: int) -> list[Target]:
-    """The phase's vLLM containers as the plan lays them out on the lab's hosts."""
-    ports = {name: host.vllm_port for name, host in run.hosts.items()}
-    return [Target.planned(s) for s in vllm_containers(run.plan, phase, ports)]
-
-
 @pytest.fixture
 def gpu1_with_three(lab: dict[str, Any], lab_layout: Any) -> Iterator[Run]:
     """gpu-1 with 3 GPUs, serving phase 2; back to its phase-1 container and 1 GPU after."""
@@ -54,10 +47,10 @@ def gpu1_with_three(lab: dict[str, Any], lab_layout: Any) -> Iterator[Run]:
     original = Target.recorded(spec)
     current = [original]
     try:
-        deploy(run, current, planned(run, 2))  # stop-start: every GPU changes hands
-        current = planned(run, 2)
+        deploy(run, current, run.planned(2))  # stop-start: every GPU changes hands
+        current = run.planned(2)
         yield run
-        current = planned(run, 2)
+        current = run.planned(2)
     finally:
         deploy(run, current, [original])
         control.set_gpu_count(lab_layout, "gpu-1", 1)
@@ -66,12 +59,12 @@ def gpu1_with_three(lab: dict[str, Any], lab_layout: Any) -> Iterator[Run]:
 def test_switch_keeps_serving_where_the_gpus_allow_it(lab: dict[str, Any],
                                                        gpu1_with_three: Run) -> None:
     run, api = gpu1_with_three, lab["api"]["url"]
-    up = switch(run, planned(run, 2), planned(run, 3), api)
+    up = switch(run, run.planned(2), run.planned(3), api)
     urls = read_service_settings.fn(run.gcp)["vllm_urls"]
-    assert sorted(urls) == sorted(f"http://127.0.0.1:{t.port}" for t in planned(run, 3))
-    down = switch(run, planned(run, 3), planned(run, 2), api)
+    assert sorted(urls) == sorted(f"http://127.0.0.1:{t.port}" for t in run.planned(3))
+    down = switch(run, run.planned(3), run.planned(2), api)
     assert read_service_settings.fn(run.gcp)["vllm_urls"] == [
-        f"http://127.0.0.1:{planned(run, 2)[0].port}"]
+        f"http://127.0.0.1:{run.planned(2)[0].port}"]
     # Traffic flowed during both switches (so a failure would have shown), and none failed.
     assert up[0] > 0 and down[0] > 0, (up, down)
     assert (up[1], down[1]) == (0, 0), (up, down)
