@@ -16,9 +16,9 @@ from datetime import datetime
 
 import numpy as np
 
-from lab.world import TZ, World
-from policy.forecast import Bounds, backtest, choose_model
-from policy.forecast_models import Linear, default_models
+from phasegate.lab.world import TZ, World
+from phasegate.policy.forecast import Bounds, backtest, choose_model
+from phasegate.policy.forecast_models import Linear, default_models
 
 NOW = datetime(2025, 11, 20, 15, 0, tzinfo=TZ)
 HORIZONS = (7, 14)

@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from lab.layout import LabLayout
-from lab.supervisor import UpOptions, down, status, up
+from phasegate.lab.layout import LabLayout
+from phasegate.lab.supervisor import UpOptions, down, status, up
 
 
 def rss_mib(pids: list[int]) -> float:

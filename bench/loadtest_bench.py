@@ -204,7 +204,7 @@ def _percentile(values: list[float], p: float) -> float:
 def case_omission(seconds: float) -> list[tuple[str, float, float, int]]:
     """Case (b): engine (open model) vs truth vs closed loop against the freezing target."""
     from phasegate.loadtest.engine import run
-    from policy.loadtest.scenario import arrival_offsets
+    from phasegate.policy.loadtest.scenario import arrival_offsets
 
     epoch = time.monotonic()
     target = start_target("freeze", LOGS / "freeze.log", "--epoch", repr(epoch),

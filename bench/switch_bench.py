@@ -17,13 +17,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from flows.phase_transition import Run, Target, _route, _wait_ready, connect, deploy
-from lab import control
-from lab.layout import LabLayout
-from lab.supervisor import UpOptions, down, up
-from policy.plan import load_plan
-from tasks.gpu_hosts import container_spec, remove_container, run_container, stop_container
-from tasks.vllm import api_answers
+from phasegate.flows.phase_transition import Run, Target, _route, _wait_ready, connect, deploy
+from phasegate.lab import control
+from phasegate.lab.layout import LabLayout
+from phasegate.lab.supervisor import UpOptions, down, up
+from phasegate.policy.plan import load_plan
+from phasegate.tasks.gpu_hosts import (
+    container_spec,
+    remove_container,
+    run_container,
+    stop_container,
+)
+from phasegate.tasks.vllm import api_answers
 
 Method = Callable[[Run, list[Target], list[Target]], None]
 Row = tuple[str, str, int, int, float]

@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lab.layout import LabLayout
-from lab.supervisor import UpOptions, down, up
+from phasegate.lab.layout import LabLayout
+from phasegate.lab.supervisor import UpOptions, down, up
 
 
 def timed(fn: Callable[[], Any], runs: int) -> list[float]:
@@ -33,9 +33,9 @@ def timed(fn: Callable[[], Any], runs: int) -> list[float]:
 
 def policy_only(report_json: dict[str, Any], runs: int) -> list[float]:
     """Seconds to re-decide from already fetched daily values (no I/O)."""
-    from policy.daily import DayValue
-    from policy.plan import load_plan
-    from policy.triggers import evaluate_condition, evaluate_transition
+    from phasegate.policy.daily import DayValue
+    from phasegate.policy.plan import load_plan
+    from phasegate.policy.triggers import evaluate_condition, evaluate_transition
 
     transition = load_plan().transition(1, 2)
     by_name = {c["name"]: c for c in report_json["conditions"]}
@@ -59,8 +59,8 @@ def main() -> None:
     args = ap.parse_args()
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.capacity_forecast import capacity_forecast
-    from flows.trigger_check import trigger_check
+    from phasegate.flows.capacity_forecast import capacity_forecast
+    from phasegate.flows.trigger_check import trigger_check
 
     with tempfile.TemporaryDirectory(prefix="phasegate-bench-") as tmp:
         layout = LabLayout(Path(tmp) / "lab")

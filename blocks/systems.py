@@ -3,7 +3,7 @@
 `get_client()`-style methods are the only place a client is built (and the test seam). Secrets
 are SecretStr: Prefect shows them as ******** and they never reach logs, parameters, results or
 artifacts. Production fills these in the UI or with `Block.save`; `lab up` saves a set that points
-at the lab (blocks.lab).
+at the lab (lab.blocks).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from prometheus_api_client import PrometheusConnect
 from pydantic import Field, SecretStr
 from urllib3.util.retry import Retry
 
-from phasegate.config import VLLM_URLS_ENV
+from phasegate.constants import VLLM_URLS_ENV
 
 __all__ = ["GcpConnection", "GpuHost", "HttpEndpoint", "PostgresConnection",
            "PrometheusConnection", "load_block",

@@ -1,46 +1,90 @@
 """Serve phasegate's deployments from this process (the simplest local runner).
 
-`python -m deployments.serve` against a running Prefect server (the lab's, or
-$PREFECT_API_URL): phase-transition and rollback (manual, one click in the UI), trigger-check
-(every 15 minutes) and capacity-forecast (09:00 Asia/Seoul), lab-smoke. prefect.yaml holds the
-same deployments for a work pool + worker setup.
+`python -m phasegate.deployments.serve [--file prefect.yaml] [--prefix lab] [--no-schedules]`
+against a running Prefect server (the lab's, or $PREFECT_API_URL). prefect.yaml is the one
+definition of the deployments (entrypoints, parameters, schedules, concurrency); this module
+only reads it, so `prefect deploy --all` with a worker and `serve` run the same deployments.
 """
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from prefect import serve
-from prefect.schedules import Cron
+import yaml
 
-from flows.capacity_forecast import capacity_forecast
-from flows.phase_transition import phase_transition
-from flows.rollback import rollback
-from flows.smoke import smoke
-from flows.trigger_check import trigger_check
+__all__ = ["PREFECT_YAML", "DeploymentSpec", "main", "read_deployments", "runner_deployments"]
 
-__all__ = ["deployments", "main"]
+PREFECT_YAML = Path(__file__).resolve().parent.parent / "prefect.yaml"
 
 
-def deployments(prefix: str = "lab", schedules: bool = True) -> list[Any]:
-    """The RunnerDeployments; `schedules=False` for demos and tests that trigger by hand."""
-    return [
-        phase_transition.to_deployment(name="phase-transition", parameters={
-            "target_phase": 2, "prefix": prefix}),
-        rollback.to_deployment(name="rollback", parameters={"prefix": prefix}),
-        trigger_check.to_deployment(
-            name="trigger-check", parameters={"prefix": prefix},
-            schedules=[Cron("*/15 * * * *", timezone="Asia/Seoul")] if schedules else None),
-        capacity_forecast.to_deployment(
-            name="capacity-forecast", parameters={"prefix": prefix},
-            schedules=[Cron("0 9 * * *", timezone="Asia/Seoul")] if schedules else None),
-        smoke.to_deployment(name="lab-smoke", parameters={"prefix": prefix}),
-    ]
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """One deployment of prefect.yaml, as `serve` needs it."""
+
+    name: str
+    entrypoint: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    crons: tuple[tuple[str, str], ...] = ()          # (cron, timezone)
+    concurrency_limit: int | None = None
 
 
-def main() -> None:
+def read_deployments(path: Path = PREFECT_YAML) -> list[DeploymentSpec]:
+    """The deployments prefect.yaml defines (YAML anchors resolved)."""
+    doc = yaml.safe_load(path.read_text())
+    specs = []
+    for dep in doc.get("deployments") or []:
+        crons = tuple((s["cron"], s.get("timezone", "UTC")) for s in dep.get("schedules") or []
+                      if "cron" in s)
+        specs.append(DeploymentSpec(
+            name=dep["name"], entrypoint=dep["entrypoint"],
+            description=" ".join(str(dep.get("description") or "").split()),
+            parameters=dict(dep.get("parameters") or {}), crons=crons,
+            concurrency_limit=dep.get("concurrency_limit")))
+    return specs
+
+
+def load_flow(entrypoint: str) -> Any:
+    """The flow object an entrypoint names (`package.module.flow` or `path.py:flow`)."""
+    from prefect.flows import load_flow_from_entrypoint
+
+    return load_flow_from_entrypoint(entrypoint)
+
+
+def runner_deployments(specs: Sequence[DeploymentSpec], prefix: str | None = None,
+                       schedules: bool = True) -> list[Any]:
+    """RunnerDeployments for `serve`; `prefix` replaces the Blocks' name prefix, and
+    `schedules=False` leaves out the schedules (demos and tests trigger runs by hand)."""
+    from prefect.schedules import Cron
+
+    out = []
+    for spec in specs:
+        params = dict(spec.parameters)
+        if prefix is not None and "prefix" in params:
+            params["prefix"] = prefix
+        crons = [Cron(c, timezone=tz) for c, tz in spec.crons] if schedules else None
+        out.append(load_flow(spec.entrypoint).to_deployment(
+            name=spec.name, description=spec.description or None, parameters=params,
+            schedules=crons, concurrency_limit=spec.concurrency_limit))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
     """Serve until interrupted."""
-    serve(*deployments(), print_starting_message=True)
+    from prefect import serve
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--file", type=Path, default=PREFECT_YAML, help="prefect.yaml to read")
+    parser.add_argument("--prefix", help="Block name prefix (default: prefect.yaml's)")
+    parser.add_argument("--no-schedules", action="store_true", help="serve without schedules")
+    args = parser.parse_args(argv)
+    deployments = runner_deployments(read_deployments(args.file), args.prefix,
+                                     schedules=not args.no_schedules)
+    serve(*deployments, print_starting_message=True)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ from prefect.input import RunInput
 from prefect.runtime import flow_run
 
 from phasegate.errors import ApprovalExpired, ApprovalRejected
-from policy.plan import Approvals
-from policy.transition import ApprovalAnswer, ApprovalDecision, approval_outcome
+from phasegate.policy.plan import Approvals
+from phasegate.policy.transition import ApprovalAnswer, ApprovalDecision, approval_outcome
 
 __all__ = ["ApprovalForm", "request_approvals"]
 

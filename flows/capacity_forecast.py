@@ -8,43 +8,41 @@ store and publish (ETA table, backtest scores, plot). It never scales anything.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_image_artifact, create_table_artifact
 
-from blocks.systems import PostgresConnection, PrometheusConnection, load_block
-from flows.sources import current_phase, fetch_days
-from policy.forecast import (
+from phasegate.blocks.systems import PostgresConnection, PrometheusConnection, load_block
+from phasegate.flows.sources import current_phase, fetch_days
+from phasegate.policy.forecast import (
     SeriesForecast,
     alerts_to_send,
     checklist_lead_days,
     forecast_series,
     lead_time_alerts,
 )
-from policy.plan import load_plan
-from policy.trigger_inputs import ForecastTarget, forecast_targets, last_complete_day
-from tasks.notifications import send_notification
-from tasks.reports import forecast_png, png_data_uri
-from tasks.state_store import last_forecast, save_forecast
+from phasegate.policy.plan import load_plan
+from phasegate.policy.trigger_inputs import ForecastTarget, forecast_targets, last_complete_day
+from phasegate.tasks.notifications import send_notification
+from phasegate.tasks.reports import forecast_png, png_data_uri
+from phasegate.tasks.state_store import last_forecast, save_forecast
 
 __all__ = ["capacity_forecast"]
 
 
 def _history(target: ForecastTarget, plan: Any, prom: PrometheusConnection,
-             pg: PostgresConnection, now: datetime, days: int) -> pd.Series:
-    """The target's daily values as a date-indexed series (missing days as NaN)."""
+             pg: PostgresConnection, now: datetime, days: int) -> dict[date, float | None]:
+    """The target's daily values {day: value} (an unknown day's value is None)."""
     fetched = fetch_days(target.condition, plan, prom, pg, now, days)
     if isinstance(fetched, str):
         get_run_logger().warning("%s: no history: %s", target.name, fetched)
-        return pd.Series(dtype=float)
-    return pd.Series({d.day: (float("nan") if d.value is None else d.value) for d in fetched},
-                     dtype=float)
+        return {}
+    return {d.day: d.value for d in fetched}
 
 
-def _publish(forecasts: list[tuple[SeriesForecast, pd.Series]], today: Any) -> None:
+def _publish(forecasts: list[tuple[SeriesForecast, dict[date, float | None]]], today: Any) -> None:
     etas = [{"series": fc.name, "threshold": e.label, "model": e.model,
              "eta": e.eta.isoformat() if e.eta else "not within a year",
              "range": f"{e.eta_early or '-'} .. {e.eta_late or '-'}",

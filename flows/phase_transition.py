@@ -33,7 +33,7 @@ from prefect.exceptions import MissingContextError
 from prefect.runtime import flow_run
 from prefect.states import Completed, State
 
-from blocks.systems import (
+from phasegate.blocks.systems import (
     GcpConnection,
     GpuHost,
     HttpEndpoint,
@@ -42,8 +42,6 @@ from blocks.systems import (
     RedisConnection,
     load_block,
 )
-from flows.approvals import request_approvals
-from flows.sources import current_phase
 from phasegate.errors import (
     ApprovalExpired,
     ApprovalRejected,
@@ -52,10 +50,12 @@ from phasegate.errors import (
     TransitionLocked,
     VerificationFailed,
 )
-from policy.durations import parse_duration
-from policy.plan import Plan, Watch, load_plan
-from policy.postmortem import PostmortemFacts, render_incident, render_postmortem
-from policy.transition import (
+from phasegate.flows.approvals import request_approvals
+from phasegate.flows.sources import current_phase
+from phasegate.policy.durations import parse_duration
+from phasegate.policy.plan import Plan, Watch, load_plan
+from phasegate.policy.postmortem import PostmortemFacts, render_incident, render_postmortem
+from phasegate.policy.transition import (
     ROLLBACK_ORDER,
     ChangeSet,
     ContainerSpec,
@@ -65,7 +65,7 @@ from policy.transition import (
     plan_changes,
     vllm_containers,
 )
-from policy.watch import (
+from phasegate.policy.watch import (
     WatchState,
     assess_value,
     progress,
@@ -73,10 +73,10 @@ from policy.watch import (
     scoped_query,
     watch_verdict,
 )
-from tasks import state_store
-from tasks.backup import archive_models, backup_database
-from tasks.cloud_run import apply_service_settings, read_service_settings
-from tasks.gpu_hosts import (
+from phasegate.tasks import state_store
+from phasegate.tasks.backup import archive_models, backup_database
+from phasegate.tasks.cloud_run import apply_service_settings, read_service_settings
+from phasegate.tasks.gpu_hosts import (
     container_matches,
     container_spec,
     detect_gpus,
@@ -86,19 +86,19 @@ from tasks.gpu_hosts import (
     stop_container,
     wait_vllm_ready,
 )
-from tasks.loadtest import run_load_test
-from tasks.notifications import send_notification
-from tasks.postgres import monthly_revenue
-from tasks.prometheus import query_instant
-from tasks.redis_cache import apply_memory_config, read_memory_config
-from tasks.transitions import (
+from phasegate.tasks.loadtest import run_load_test
+from phasegate.tasks.notifications import send_notification
+from phasegate.tasks.postgres import monthly_revenue
+from phasegate.tasks.prometheus import query_instant
+from phasegate.tasks.redis_cache import apply_memory_config, read_memory_config
+from phasegate.tasks.transitions import (
     TRANSITION_LIMIT,
     give_back_slot,
     keep_slot,
     mark_crashed,
     take_slot,
 )
-from tasks.vllm import queue_depth, server_errors
+from phasegate.tasks.vllm import queue_depth, server_errors
 
 __all__ = ["Run", "Target", "connect", "deploy", "one_at_a_time", "phase_transition"]
 

@@ -11,16 +11,16 @@ from typing import Any
 
 from prefect import flow
 
-from blocks.systems import PostgresConnection, load_block
-from flows.phase_transition import Target, connect, deploy, one_at_a_time
-from flows.sources import current_phase
+from phasegate.blocks.systems import PostgresConnection, load_block
 from phasegate.errors import PreconditionFailed
-from policy.plan import load_plan
-from tasks import state_store
-from tasks.cloud_run import apply_service_settings
-from tasks.gpu_hosts import container_spec
-from tasks.notifications import send_notification
-from tasks.redis_cache import apply_memory_config
+from phasegate.flows.phase_transition import Target, connect, deploy, one_at_a_time
+from phasegate.flows.sources import current_phase
+from phasegate.policy.plan import load_plan
+from phasegate.tasks import state_store
+from phasegate.tasks.cloud_run import apply_service_settings
+from phasegate.tasks.gpu_hosts import container_spec
+from phasegate.tasks.notifications import send_notification
+from phasegate.tasks.redis_cache import apply_memory_config
 
 __all__ = ["rollback"]
 

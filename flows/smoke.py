@@ -12,7 +12,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from blocks.systems import (
+from phasegate.blocks.systems import (
     GcpConnection,
     GpuHost,
     PostgresConnection,
@@ -20,13 +20,13 @@ from blocks.systems import (
     RedisConnection,
     load_block,
 )
-from tasks.cloud_run import read_service_settings
-from tasks.gpu_hosts import detect_gpus
-from tasks.postgres import count_rows
-from tasks.prometheus import query_instant, query_range
-from tasks.redis_cache import read_memory_config
-from tasks.state_store import read_current_phase
-from tasks.vllm import check_completion, is_healthy
+from phasegate.tasks.cloud_run import read_service_settings
+from phasegate.tasks.gpu_hosts import detect_gpus
+from phasegate.tasks.postgres import count_rows
+from phasegate.tasks.prometheus import query_instant, query_range
+from phasegate.tasks.redis_cache import read_memory_config
+from phasegate.tasks.state_store import read_current_phase
+from phasegate.tasks.vllm import check_completion, is_healthy
 
 __all__ = ["smoke"]
 

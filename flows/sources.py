@@ -6,14 +6,14 @@ from datetime import datetime
 
 from prefect import task
 
-from blocks.systems import PostgresConnection, PrometheusConnection
+from phasegate.blocks.systems import PostgresConnection, PrometheusConnection
 from phasegate.errors import SourceUnavailable
-from policy.daily import DayValue, daily_values, normalize_sql_rows
-from policy.plan import Condition, Plan, PromQLSource, SQLSource
-from policy.trigger_inputs import fetch_range
-from tasks.postgres import sql_day_rows
-from tasks.prometheus import query_range
-from tasks.state_store import read_current_phase
+from phasegate.policy.daily import DayValue, daily_values, normalize_sql_rows
+from phasegate.policy.plan import Condition, Plan, PromQLSource, SQLSource
+from phasegate.policy.trigger_inputs import fetch_range
+from phasegate.tasks.postgres import sql_day_rows
+from phasegate.tasks.prometheus import query_range
+from phasegate.tasks.state_store import read_current_phase
 
 __all__ = ["current_phase", "fetch_days"]
 

@@ -15,11 +15,11 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
-from blocks.systems import PostgresConnection, PrometheusConnection, load_block
-from flows.sources import current_phase, fetch_days
-from policy.plan import Condition, Plan, load_plan
-from policy.trigger_inputs import history_days
-from policy.triggers import (
+from phasegate.blocks.systems import PostgresConnection, PrometheusConnection, load_block
+from phasegate.flows.sources import current_phase, fetch_days
+from phasegate.policy.plan import Condition, Plan, load_plan
+from phasegate.policy.trigger_inputs import history_days
+from phasegate.policy.triggers import (
     Alert,
     ConditionResult,
     TriggerReport,
@@ -31,9 +31,9 @@ from policy.triggers import (
     should_create_transition,
     unknown_result,
 )
-from tasks.notifications import send_notification
-from tasks.state_store import last_trigger_state, save_trigger_evaluation
-from tasks.transitions import create_transition_run, open_transition_runs
+from phasegate.tasks.notifications import send_notification
+from phasegate.tasks.state_store import last_trigger_state, save_trigger_evaluation
+from phasegate.tasks.transitions import create_transition_run, open_transition_runs
 
 __all__ = ["trigger_check"]
 

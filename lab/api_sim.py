@@ -48,13 +48,13 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from lab.control import JsonFile
-from lab.layout import LabLayout
-from phasegate.config import VLLM_URLS_ENV
+from phasegate.constants import VLLM_URLS_ENV
+from phasegate.lab.control import JsonFile
+from phasegate.lab.layout import LabLayout
 
 __all__ = ["API_BUCKETS", "ApiConfig", "ApiSim", "Upstreams", "main", "upstreams_file"]
 
-log = logging.getLogger("lab.api_sim")
+log = logging.getLogger("phasegate.lab.api_sim")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from lab.layout import LabLayout
+from phasegate.lab.layout import LabLayout
 
 __all__ = [
     "DEFAULT_GPU_MODEL",

@@ -34,14 +34,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from lab import gcp_cloudrun as run
-from lab import gcp_compute as gce
-from lab.control import JsonFile, write_json_atomic
-from lab.layout import LabLayout
+from phasegate.lab import gcp_cloudrun as run
+from phasegate.lab import gcp_compute as gce
+from phasegate.lab.control import JsonFile, write_json_atomic
+from phasegate.lab.layout import LabLayout
 
 __all__ = ["Emulator", "Settings", "build_app", "main"]
 
-log = logging.getLogger("lab.gcp_emulator")
+log = logging.getLogger("phasegate.lab.gcp_emulator")
 Reply = tuple[int, Any]
 Handler = Callable[[re.Match[str], dict[str, str], Any], Awaitable[Reply]]
 _LOC = r"/v2/projects/([^/]+)/locations/([^/]+)"

@@ -22,9 +22,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from lab.control import JsonFile, read_gpus
-from lab.gpu_model import gpu_spec
-from lab.layout import LabLayout
+from phasegate.lab.control import JsonFile, read_gpus
+from phasegate.lab.gpu_model import gpu_spec
+from phasegate.lab.layout import LabLayout
 
 __all__ = ["GpuReading", "gpu_readings", "host_names", "main", "render_metrics"]
 

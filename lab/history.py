@@ -35,7 +35,8 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
-from lab.world import (
+from phasegate.errors import LabError
+from phasegate.lab.world import (
     FEEDBACK_SHARE,
     GPU_FB_TOTAL_MIB,
     REDIS_MAX_BYTES,
@@ -43,7 +44,6 @@ from lab.world import (
     World,
     norm_cdf,
 )
-from phasegate.errors import LabError
 
 __all__ = ["API_BUCKETS", "VLLM_BUCKETS", "HistoryLabels", "load_history", "write_openmetrics"]
 

@@ -30,13 +30,13 @@ import psycopg
 import redis
 import uvicorn
 
-from lab.control import JsonFile, write_json_atomic
-from lab.layout import LabLayout
+from phasegate.lab.control import JsonFile, write_json_atomic
+from phasegate.lab.layout import LabLayout
 
 __all__ = ["DISK_DEFAULTS", "PG_MOUNTPOINT", "Exporter", "Sample", "disk_file", "main",
            "render", "set_disk"]
 
-log = logging.getLogger("lab.infra_exporter")
+log = logging.getLogger("phasegate.lab.infra_exporter")
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]

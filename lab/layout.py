@@ -10,14 +10,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DEFAULT_LAB_DIR", "LabLayout", "lab_dir_from_env"]
+from phasegate.constants import DEFAULT_LAB_DIR, LAB_DIR_ENV
 
-DEFAULT_LAB_DIR = ".lab"
+__all__ = ["DEFAULT_LAB_DIR", "LabLayout", "lab_dir_from_env"]
 
 
 def lab_dir_from_env(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The lab directory: `explicit` if given, else $PHASEGATE_LAB, else `.lab`, made absolute."""
-    raw = explicit or os.environ.get("PHASEGATE_LAB") or DEFAULT_LAB_DIR
+    raw = explicit or os.environ.get(LAB_DIR_ENV) or DEFAULT_LAB_DIR
     return Path(raw).expanduser().resolve()
 
 

@@ -29,11 +29,11 @@ from urllib.parse import parse_qs
 
 import uvicorn
 
-from lab.layout import LabLayout
+from phasegate.lab.layout import LabLayout
 
 __all__ = ["append_message", "channel_for", "inbox_file", "main", "read_inbox"]
 
-log = logging.getLogger("lab.receiver")
+log = logging.getLogger("phasegate.lab.receiver")
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psycopg
 
-from lab.world import World
+from phasegate.lab.world import World
 
 __all__ = ["APP_TABLES", "QUESTIONS", "SCHEMA_FILE", "create_app_schema", "seed_app_db"]
 

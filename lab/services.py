@@ -18,8 +18,8 @@ from pathlib import Path
 
 import httpx
 
-from lab.layout import LabLayout
-from lab.procs import spawn, wait_for, wait_port
+from phasegate.lab.layout import LabLayout
+from phasegate.lab.procs import spawn, wait_for, wait_port
 
 __all__ = [
     "PG_BIN",

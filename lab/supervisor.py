@@ -25,12 +25,20 @@ from typing import Any
 
 import httpx
 
-from lab import control, services
-from lab.layout import LabLayout
-from lab.monitoring import write_alertmanager_config, write_prometheus_config
-from lab.procs import free_port, pid_alive, port_free, spawn, stop_pid, wait_for, wait_port
-from phasegate.config import VLLM_URLS_ENV
+from phasegate.constants import VLLM_URLS_ENV
 from phasegate.errors import LabError
+from phasegate.lab import control, services
+from phasegate.lab.layout import LabLayout
+from phasegate.lab.monitoring import write_alertmanager_config, write_prometheus_config
+from phasegate.lab.procs import (
+    free_port,
+    pid_alive,
+    port_free,
+    spawn,
+    stop_pid,
+    wait_for,
+    wait_port,
+)
 
 __all__ = ["UpOptions", "down", "load_state", "status", "up"]
 
@@ -184,7 +192,7 @@ def _skeleton(layout: LabLayout, ports: dict[str, int], hosts: list[str], opts: 
 
 def _start_all(layout: LabLayout, state: _State, opts: UpOptions) -> None:
     """Start the parts: independent ones in parallel, then those that need them."""
-    from lab.world import World
+    from phasegate.lab.world import World
 
     control.set_setting(layout, "vllm_load_seconds", opts.vllm_load_seconds)
     control.set_traffic_rate(layout, opts.traffic_rate)
@@ -229,8 +237,8 @@ def _run_parallel(steps: list[Callable[[], None]]) -> None:
 def _postgres(layout: LabLayout, state: _State, world: Any) -> None:
     import psycopg
 
-    from lab.seed_app import create_app_schema, seed_app_db
-    from tasks.state_store import create_state_schema
+    from phasegate.lab.seed_app import create_app_schema, seed_app_db
+    from phasegate.tasks.state_store import create_state_schema
 
     pid, root, created = services.start_postgres(layout, state.data["ports"]["postgres"])
     state.add_pid("postgres", pid)
@@ -255,7 +263,7 @@ def _redis(layout: LabLayout, state: _State) -> None:
 
 
 def _prometheus(layout: LabLayout, state: _State, world: Any, opts: UpOptions) -> None:
-    from lab.history import HistoryLabels, load_history, write_openmetrics
+    from phasegate.lab.history import HistoryLabels, load_history, write_openmetrics
 
     ports = state.data["ports"]
     tsdb = layout.prometheus_dir / "data"
@@ -278,7 +286,7 @@ def _host_names(ports: dict[str, int]) -> list[str]:
 
 def _alertmanager_and_receiver(layout: LabLayout, state: _State) -> None:
     ports = state.data["ports"]
-    _spawn_py(layout, state, "receiver", "lab.receiver", "--port", str(ports["receiver"]))
+    _spawn_py(layout, state, "receiver", "phasegate.lab.receiver", "--port", str(ports["receiver"]))
     wait_port(ports["receiver"], 15)
     config = layout.alertmanager_dir / "alertmanager.yml"
     write_alertmanager_config(config, ports["receiver"])
@@ -288,7 +296,8 @@ def _alertmanager_and_receiver(layout: LabLayout, state: _State) -> None:
 
 def _gcp(layout: LabLayout, state: _State) -> None:
     gcp = state.data["gcp"]
-    _spawn_py(layout, state, "gcp", "lab.gcp_emulator", "--port", str(state.data["ports"]["gcp"]),
+    _spawn_py(layout, state, "gcp", "phasegate.lab.gcp_emulator",
+              "--port", str(state.data["ports"]["gcp"]),
               "--project", gcp["project"], "--region", gcp["region"], "--zone", gcp["zone"],
               "--service", GCP_SERVICE,
               "--api-env", f"{VLLM_URLS_ENV}={state.data['vllm']['url']}")
@@ -313,7 +322,7 @@ def _child_env() -> dict[str, str]:
 
 def _gpu_hosts(layout: LabLayout, state: _State, opts: UpOptions) -> None:
     """One sshd per GPU host: own port, own host key, own SetEnv (see lab.gpuhost.setup)."""
-    from lab.gpuhost.setup import make_client_keys, prepare_host
+    from phasegate.lab.gpuhost.setup import make_client_keys, prepare_host
 
     make_client_keys(layout)
     hosts = []
@@ -334,9 +343,9 @@ def _gpu_hosts(layout: LabLayout, state: _State, opts: UpOptions) -> None:
 
 def _exporters(layout: LabLayout, state: _State) -> None:
     ports = state.data["ports"]
-    _spawn_py(layout, state, "gpu_exporter", "lab.gpu_exporter",
+    _spawn_py(layout, state, "gpu_exporter", "phasegate.lab.gpu_exporter",
               "--port", str(ports["gpu_exporter"]))
-    _spawn_py(layout, state, "infra_exporter", "lab.infra_exporter",
+    _spawn_py(layout, state, "infra_exporter", "phasegate.lab.infra_exporter",
               "--port", str(ports["infra_exporter"]), "--redis-url", state.data["redis"]["url"],
               "--pg-dsn", state.data["postgres"]["app_dsn"])
     wait_port(ports["gpu_exporter"], 15)
@@ -377,7 +386,7 @@ def _vllm(layout: LabLayout, state: _State) -> None:
 
 def phase1_vllm_args(host_port: int) -> list[str]:
     """`docker run` arguments for the phase-1 vLLM server, from the plan's phase 1."""
-    from policy.plan import load_plan
+    from phasegate.policy.plan import load_plan
 
     v = load_plan().phase(1).vllm
     return ["-d", "--name", VLLM_CONTAINER, "--gpus", "all", "--restart", "always",
@@ -390,12 +399,12 @@ def phase1_vllm_args(host_port: int) -> list[str]:
 
 def _api_and_traffic(layout: LabLayout, state: _State) -> None:
     d, ports = state.data, state.data["ports"]
-    _spawn_py(layout, state, "api", "lab.api_sim", "--port", str(ports["api"]),
+    _spawn_py(layout, state, "api", "phasegate.lab.api_sim", "--port", str(ports["api"]),
               "--redis-url", d["redis"]["url"], "--vllm-url", d["vllm"]["url"],
               "--app-dsn", d["postgres"]["app_dsn"])
     wait_for(lambda: httpx.get(f"{d['api']['url']}/healthz", timeout=2).status_code == 200,
              30, what="API simulator")
-    _spawn_py(layout, state, "traffic", "lab.traffic", "--api-url", d["api"]["url"])
+    _spawn_py(layout, state, "traffic", "phasegate.lab.traffic", "--api-url", d["api"]["url"])
 
 
 def _wait_scraped(state: _State) -> None:
@@ -413,7 +422,7 @@ def _wait_scraped(state: _State) -> None:
 
 def _prefect_ready(layout: LabLayout, state: _State) -> None:
     services.wait_prefect(state.data["ports"]["prefect"])
-    from blocks.lab import save_lab_blocks
+    from phasegate.lab.blocks import save_lab_blocks
 
     saved = save_lab_blocks(state.data)
     state.update(blocks=saved)

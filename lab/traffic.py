@@ -29,12 +29,12 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from lab.control import read_traffic_rate
-from lab.layout import LabLayout
+from phasegate.lab.control import read_traffic_rate
+from phasegate.lab.layout import LabLayout
 
 __all__ = ["SUBJECTS", "TrafficConfig", "TrafficDriver", "Window", "main", "p95"]
 
-log = logging.getLogger("lab.traffic")
+log = logging.getLogger("phasegate.lab.traffic")
 
 SUBJECTS = ("math", "physics", "chemistry", "biology", "english", "korean", "history")
 ANSWERS = ("x = 5", "42", "photosynthesis", "F = ma", "세종대왕", "H2O", "I don't know")

@@ -40,8 +40,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from lab.control import read_faults, read_gpus, read_settings, write_json_atomic
-from lab.gpu_model import (
+from phasegate.lab.control import read_faults, read_gpus, read_settings, write_json_atomic
+from phasegate.lab.gpu_model import (
     BLOCK_SIZE,
     CONTEXT_MIB,
     CapacityError,
@@ -53,7 +53,7 @@ from lab.gpu_model import (
     replica_capacity,
     step_seconds,
 )
-from lab.layout import LabLayout
+from phasegate.lab.layout import LabLayout
 
 __all__ = ["EngineConfig", "StartupError", "build_parser", "main", "make_config"]
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from policy.plan import DailyAggregate, DayWindow, PeakWindow
+from phasegate.policy.plan import DailyAggregate, DayWindow, PeakWindow
 
 __all__ = [
     "DayValue",

@@ -26,13 +26,12 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
-import pandas as pd
 
-from policy.forecast_models import (
+from phasegate.policy.forecast_models import (
     MIN_POINTS,
     FittedModel,
     Model,
@@ -133,38 +132,54 @@ class History:
         return [self.last_date - timedelta(days=n - 1 - i) for i in range(n)]
 
 
-def _daily_index(series: pd.Series) -> pd.Series:
-    days = [pd.Timestamp(d).date() for d in series.index]
-    out = pd.Series(pd.to_numeric(series, errors="coerce").to_numpy(dtype=float),
-                    index=pd.DatetimeIndex(pd.to_datetime(days)))
-    if out.index.has_duplicates:
-        raise ValueError("history has more than one value for a day")
-    return out.sort_index()
+def _daily_values(history: Mapping[date, float | None]) -> dict[date, float]:
+    """{day: value} sorted by day (datetimes count as their date; None and text as NaN)."""
+    out: dict[date, float] = {}
+    for key, value in history.items():
+        day = key.date() if isinstance(key, datetime) else key
+        if day in out:
+            raise ValueError("history has more than one value for a day")
+        try:
+            out[day] = math.nan if value is None else float(value)
+        except (TypeError, ValueError):
+            out[day] = math.nan
+    return dict(sorted(out.items()))
 
 
-def prepare_history(history: pd.Series | History, today: date | None = None) -> History:
-    """Daily values before `today`, gaps interpolated (module doc, step 1).
+def _interpolated(values: np.ndarray) -> np.ndarray:
+    """NaNs replaced by linear interpolation between their observed neighbours."""
+    missing = np.isnan(values)
+    index = np.arange(values.size)
+    filled = values.copy()
+    filled[missing] = np.interp(index[missing], index[~missing], values[~missing])
+    return filled
+
+
+def prepare_history(history: Mapping[date, float | None] | History,
+                    today: date | None = None) -> History:
+    """Daily values before `today`, gaps interpolated (module doc, step 1). `history` maps a
+    day to its value (None or NaN: unknown); days absent are unknown too.
 
     Raises ValueError when two values share a day or no value is left.
     """
     if isinstance(history, History):
         return history
-    s, notes = _daily_index(history), []
-    if today is not None and (partial := int((s.index.date >= today).sum())):
-        s = s[s.index.date < today]
+    values, notes = _daily_values(history), []
+    if today is not None and (partial := sum(d >= today for d in values)):
+        values = {d: v for d, v in values.items() if d < today}
         notes.append(f"{partial} value(s) dated {today} or later ignored (incomplete day)")
-    observed = s.dropna()
-    if observed.empty:
+    observed = [d for d, v in values.items() if not math.isnan(v)]
+    if not observed:
         raise ValueError("history has no observed value")
-    if today is not None and (stale := (today - observed.index[-1].date()).days - 1) > 0:
-        notes.append(f"last {stale} day(s) before {today} missing: forecast starts after "
-                     f"{observed.index[-1].date()}")
-    full = s.loc[observed.index[0]:observed.index[-1]]
-    full = full.reindex(pd.date_range(full.index[0], full.index[-1], freq="D"))
-    if gaps := int(full.isna().sum()):
+    first, last = observed[0], observed[-1]
+    if today is not None and (stale := (today - last).days - 1) > 0:
+        notes.append(f"last {stale} day(s) before {today} missing: forecast starts after {last}")
+    days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    full = np.array([values.get(d, math.nan) for d in days], dtype=float)
+    if gaps := int(np.isnan(full).sum()):
         notes.append(f"{gaps} missing day(s) inside the history linearly interpolated")
-        full = full.interpolate(method="linear")
-    return History(full.to_numpy(dtype=float), full.index[-1].date(), tuple(notes))
+        full = _interpolated(full)
+    return History(full, last, tuple(notes))
 
 
 # ---------------------------------------------------------------- backtest
@@ -387,7 +402,8 @@ def _eta_note(eta: Eta, horizon_end: date) -> str:
     return f"{what} forecast on {eta.eta} (range {eta.eta_early} to {late}, {eta.model})"
 
 
-def threshold_eta(history: pd.Series | History, threshold: float, comparison: Comparison,
+def threshold_eta(history: Mapping[date, float | None] | History, threshold: float,
+                  comparison: Comparison,
                   fitted: FittedModel, today: date, horizon_days: int = 365,
                   bounds: Bounds | None = None, label: str = "") -> Eta:
     """The first forecast day meeting `value <comparison> threshold`, and its range.
@@ -473,7 +489,8 @@ def _select(values: np.ndarray, models: list[Model], horizons: Sequence[int],
                             f"{scores[name].score:.2f} % vs baseline {base:.2f} %")
 
 
-def forecast_series(name: str, history: pd.Series, thresholds: Iterable[Threshold],
+def forecast_series(name: str, history: Mapping[date, float | None],
+                    thresholds: Iterable[Threshold],
                     today: date, bounds: Bounds | None = None,
                     candidates: Sequence[Model] | None = None,
                     horizons: Sequence[int] = DEFAULT_HORIZONS,

@@ -35,8 +35,13 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from phasegate.errors import PlanError
-from policy.durations import format_duration, parse_duration, positive_duration, to_duration
-from policy.loadtest.scenario import (
+from phasegate.policy.durations import (
+    format_duration,
+    parse_duration,
+    positive_duration,
+    to_duration,
+)
+from phasegate.policy.loadtest.scenario import (
     ConstantArrivalRate,
     ConstantVus,
     Options,
@@ -45,8 +50,8 @@ from policy.loadtest.scenario import (
     Scenario,
     Stage,
 )
-from policy.loadtest.thresholds import threshold_problems as k6_threshold_problems
-from policy.promql import promql_problems
+from phasegate.policy.loadtest.thresholds import threshold_problems as k6_threshold_problems
+from phasegate.policy.promql import promql_problems
 
 __all__ = [
     "DEFAULT_PLAN_PATH",

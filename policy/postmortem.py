@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from policy.transition import ApprovalAnswer
+from phasegate.policy.transition import ApprovalAnswer
 
 __all__ = [
     "DEFAULT_ACTION_ITEMS",

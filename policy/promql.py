@@ -16,8 +16,8 @@ import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from policy.durations import format_duration, parse_duration
-from policy.metrics import KNOWN_METRICS, is_known_metric
+from phasegate.policy.durations import format_duration, parse_duration
+from phasegate.policy.metrics import KNOWN_METRICS, is_known_metric
 
 __all__ = ["MIN_RANGE_WINDOW", "clamp_windows", "metric_names", "promql_problems",
            "range_windows"]

@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from phasegate.errors import SafetyStop
-from policy.plan import CloudRun, Phase, Plan, Redis, Vllm
+from phasegate.policy.plan import CloudRun, Phase, Plan, Redis, Vllm
 
 __all__ = [
     "CONTAINER_PORT",

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from policy.forecast import Bounds, Threshold
-from policy.plan import (
+from phasegate.policy.forecast import Bounds, Threshold
+from phasegate.policy.plan import (
     Condition,
     ConsecutiveDays,
     ConsecutiveWeeks,

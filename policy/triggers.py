@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any, Literal
 
-from policy.daily import DayValue
-from policy.plan import (
+from phasegate.policy.daily import DayValue
+from phasegate.policy.plan import (
     Condition,
     ConsecutiveDays,
     ConsecutiveWeeks,

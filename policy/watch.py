@@ -29,8 +29,8 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Literal, get_args
 
-from policy.plan import Watch, WatchMetric
-from policy.promql import clamp_windows
+from phasegate.policy.plan import Watch, WatchMetric
+from phasegate.policy.promql import clamp_windows
 
 __all__ = [
     "KEEP_MEASUREMENTS",

@@ -21,16 +21,16 @@ import psycopg
 from prefect import task
 from psycopg import sql
 
-from blocks.systems import GpuHost, PostgresConnection
+from phasegate.blocks.systems import GpuHost, PostgresConnection
 from phasegate.errors import (
     PreconditionFailed,
     RemoteTimeout,
     SourceUnavailable,
     VerificationFailed,
 )
-from tasks.gpu_hosts import run_remote
-from tasks.postgres import MAIN_TABLES
-from tasks.retrying import only_transient
+from phasegate.tasks.gpu_hosts import run_remote
+from phasegate.tasks.postgres import MAIN_TABLES
+from phasegate.tasks.retrying import only_transient
 
 __all__ = ["DatabaseBackup", "ModelArchive", "archive_models", "backup_database"]
 

@@ -11,9 +11,9 @@ from google.cloud import run_v2
 from google.protobuf import field_mask_pb2
 from prefect import task
 
-from blocks.systems import GcpConnection
+from phasegate.blocks.systems import GcpConnection
 from phasegate.errors import ConfigError, PreconditionFailed, RemoteTimeout, VerificationFailed
-from tasks.retrying import only_transient
+from phasegate.tasks.retrying import only_transient
 
 __all__ = ["SETTING_MASKS", "apply_service_settings", "read_service_settings"]
 

@@ -15,16 +15,16 @@ import httpx
 import paramiko
 from prefect import task
 
-from blocks.systems import GpuHost
+from phasegate.blocks.systems import GpuHost
 from phasegate.errors import (
     PreconditionFailed,
     RemoteCommandFailed,
     RemoteTimeout,
     VerificationFailed,
 )
-from policy.gpus import GPU_QUERY_FIELDS, GpuInfo, parse_query_gpu_csv
-from tasks.retrying import only_transient
-from tasks.vllm import check_completion
+from phasegate.policy.gpus import GPU_QUERY_FIELDS, GpuInfo, parse_query_gpu_csv
+from phasegate.tasks.retrying import only_transient
+from phasegate.tasks.vllm import check_completion
 
 __all__ = ["CommandResult", "container_spec", "detect_gpus", "parse_run_argv",
            "remove_container", "run_argv_from_spec", "run_container", "run_remote",

@@ -34,7 +34,7 @@ from prefect.artifacts import (
 
 from phasegate.loadtest.engine import Progress, run
 from phasegate.loadtest.options import phase_options
-from policy.loadtest.scenario import Options, parse_options
+from phasegate.policy.loadtest.scenario import Options, parse_options
 
 __all__ = ["run_load_test", "summary_rows", "window_rows"]
 

@@ -8,9 +8,9 @@ import psycopg
 from prefect import task
 from psycopg import sql
 
-from blocks.systems import PostgresConnection
+from phasegate.blocks.systems import PostgresConnection
 from phasegate.errors import SourceUnavailable
-from tasks.retrying import only_transient
+from phasegate.tasks.retrying import only_transient
 
 __all__ = ["MAIN_TABLES", "count_rows", "monthly_revenue", "sql_day_rows"]
 

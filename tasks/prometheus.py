@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 from prefect import task
 
-from blocks.systems import PrometheusConnection
+from phasegate.blocks.systems import PrometheusConnection
 
 __all__ = ["Measurement", "query_instant", "query_range"]
 

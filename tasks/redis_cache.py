@@ -7,14 +7,14 @@ from typing import Any
 import redis
 from prefect import task
 
-from blocks.systems import RedisConnection
+from phasegate.blocks.systems import RedisConnection
 from phasegate.errors import (
     PreconditionFailed,
     RemoteTimeout,
     SourceUnavailable,
     VerificationFailed,
 )
-from tasks.retrying import only_transient
+from phasegate.tasks.retrying import only_transient
 
 __all__ = ["apply_memory_config", "read_memory_config"]
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import math
+from collections.abc import Mapping
 from datetime import date, timedelta
 
 import matplotlib
@@ -11,10 +13,9 @@ import matplotlib
 matplotlib.use("Agg")  # no display here or on workers
 import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
 from prefect import task  # noqa: E402
 
-from policy.forecast import SeriesForecast  # noqa: E402
+from phasegate.policy.forecast import SeriesForecast  # noqa: E402
 
 __all__ = ["forecast_png", "png_data_uri"]
 
@@ -22,7 +23,8 @@ _SHOWN_DAYS = 120  # forecast days drawn: far enough for the next thresholds, re
 
 
 @task
-def forecast_png(series: list[tuple[SeriesForecast, pd.Series]], today: date) -> bytes:
+def forecast_png(series: list[tuple[SeriesForecast, Mapping[date, float | None]]],
+                 today: date) -> bytes:
     """One panel per series: history, forecast mean, interval, thresholds and ETAs."""
     fig, axes = plt.subplots(len(series), 1, figsize=(9, 2.6 * len(series)), squeeze=False)
     for ax, (fc, history) in zip(axes[:, 0], series, strict=True):
@@ -34,21 +36,26 @@ def forecast_png(series: list[tuple[SeriesForecast, pd.Series]], today: date) ->
     return buf.getvalue()
 
 
-def _panel(ax: plt.Axes, fc: SeriesForecast, history: pd.Series, today: date) -> None:
-    ax.plot(history.index, history.to_numpy(), color="black", lw=1, label="history")
+def _panel(ax: plt.Axes, fc: SeriesForecast, history: Mapping[date, float | None],
+           today: date) -> None:
+    days_seen = sorted(history)
+    seen = [math.nan if history[d] is None else float(history[d] or 0.0) for d in days_seen]
+    ax.plot(mdates.date2num(days_seen), seen, color="black", lw=1, label="history")
+    left = float(mdates.date2num(days_seen[0] if days_seen else today))
     if fc.path is not None and fc.last_date is not None:
         n = min(len(fc.path.mean), _SHOWN_DAYS)
         days = mdates.date2num([fc.last_date + timedelta(days=i + 1) for i in range(n)])
         ax.plot(days, fc.path.mean[:n], color="tab:blue", lw=1.5, label=f"forecast ({fc.model})")
         ax.fill_between(days, fc.path.lower[:n], fc.path.upper[:n], color="tab:blue",
                         alpha=0.2, label="interval")
-    top = max(float(history.max()), float(fc.path.upper[:_SHOWN_DAYS].max())
+    top = max(max((v for v in seen if not math.isnan(v)), default=0.0),
+              float(fc.path.upper[:_SHOWN_DAYS].max())
               if fc.path is not None else 0.0)
     for eta in fc.etas:
         if eta.threshold <= top * 1.5:
             ax.axhline(eta.threshold, color="tab:red", lw=0.8, ls="--")
             when = eta.eta.isoformat() if eta.eta else "not within a year"
-            ax.annotate(f"{eta.threshold:,g}: {when}", (history.index[0], eta.threshold),
+            ax.annotate(f"{eta.threshold:,g}: {when}", (left, eta.threshold),
                         fontsize=7, color="tab:red", va="bottom")
     ax.axvline(float(mdates.date2num(today)), color="grey", lw=0.6)
     ax.set_title(fc.name, fontsize=9)

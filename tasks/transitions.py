@@ -32,7 +32,7 @@ from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.states import Crashed
 
 from phasegate.errors import PreconditionFailed, RemoteTimeout
-from tasks.retrying import only_transient
+from phasegate.tasks.retrying import only_transient
 
 __all__ = ["TRANSITION_DEPLOYMENT", "TRANSITION_LIMIT", "create_transition_run",
            "give_back_slot", "keep_slot", "mark_crashed", "open_transition_runs", "take_slot"]

@@ -9,7 +9,7 @@ import httpx
 from prefect import task
 
 from phasegate.errors import RemoteTimeout, VerificationFailed
-from tasks.retrying import only_transient
+from phasegate.tasks.retrying import only_transient
 
 __all__ = ["CompletionCheck", "api_answers", "check_completion", "is_healthy", "queue_depth",
            "server_errors"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 
-from lab.procs import free_port, spawn, stop_pid, wait_for
+from phasegate.lab.procs import free_port, spawn, stop_pid, wait_for
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 

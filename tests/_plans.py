@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from policy.plan import DEFAULT_PLAN_PATH, load_plan
+from phasegate.policy.plan import DEFAULT_PLAN_PATH, load_plan
 
 __all__ = ["light_plan"]
 

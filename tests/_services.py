@@ -25,7 +25,7 @@ from typing import Any
 
 import psycopg
 
-from lab.procs import free_port, spawn, stop_pid, wait_for, wait_port
+from phasegate.lab.procs import free_port, spawn, stop_pid, wait_for, wait_port
 
 REPO = Path(__file__).resolve().parent.parent
 PG_BIN = Path("/usr/lib/postgresql/15/bin")

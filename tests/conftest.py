@@ -26,8 +26,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The running lab's status document (lab.json + `running`)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from lab.layout import LabLayout
-    from lab.supervisor import UpOptions, down, up
+    from phasegate.lab.layout import LabLayout
+    from phasegate.lab.supervisor import UpOptions, down, up
 
     layout = LabLayout(tmp_path_factory.mktemp("lab"))
     doc = up(layout, UpOptions(traffic_rate=2.0, vllm_load_seconds=1.0))
@@ -39,7 +39,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         pids += list(doc.get("containers", {}).values())
         marks = [doc["dir"], doc["postgres"]["data_dir"]]
         down(layout, purge=True)
-        from lab.procs import pid_alive
+        from phasegate.lab.procs import pid_alive
 
         left = [p for p in pids if pid_alive(p)]
         assert not left, f"lab down left processes behind: {left}"
@@ -49,7 +49,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 def processes_mentioning(marks: list[str]) -> list[str]:
     """Live (non-zombie) processes whose command line contains one of `marks` (paths of a
     lab): what `lab down` must not leave behind, grandchildren included."""
-    from lab.procs import pid_alive
+    from phasegate.lab.procs import pid_alive
 
     found = []
     for proc in Path("/proc").iterdir():
@@ -67,6 +67,6 @@ def processes_mentioning(marks: list[str]) -> list[str]:
 @pytest.fixture(scope="session")
 def lab_layout(lab: dict[str, Any]) -> Any:
     """The LabLayout of the session's lab."""
-    from lab.layout import LabLayout
+    from phasegate.lab.layout import LabLayout
 
     return LabLayout(Path(lab["dir"]))

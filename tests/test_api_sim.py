@@ -13,11 +13,11 @@ import _services as svc  # tests/ has no __init__.py: pytest puts tests/ itself 
 import pytest
 import redis
 
-from lab.api_sim import API_BUCKETS, upstreams_file
-from lab.control import clear_faults, set_fault, write_json_atomic
-from lab.layout import LabLayout
-from lab.procs import free_port, stop_pid, wait_for
-from policy.metrics import is_known_metric
+from phasegate.lab.api_sim import API_BUCKETS, upstreams_file
+from phasegate.lab.control import clear_faults, set_fault, write_json_atomic
+from phasegate.lab.layout import LabLayout
+from phasegate.lab.procs import free_port, stop_pid, wait_for
+from phasegate.policy.metrics import is_known_metric
 
 
 @dataclass
@@ -41,7 +41,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with svc.postgres_server() as pg, svc.redis_server(root) as rd:
         dsn = svc.create_app_db(pg)
         port = free_port()
-        pid = svc.start_module("lab.api_sim", [
+        pid = svc.start_module("phasegate.lab.api_sim", [
             "--port", str(port), "--lab-dir", str(root), "--redis-url", rd.url,
             "--vllm-url", a.url, "--app-dsn", dsn, "--vllm-timeout", "1.0"],
             layout.logs_dir / "api.log", port=port)

@@ -10,8 +10,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from policy.daily import DayValue, complete_days, daily_values, day_window, normalize_sql_rows
-from policy.plan import PeakWindow
+from phasegate.policy.daily import (
+    DayValue,
+    complete_days,
+    daily_values,
+    day_window,
+    normalize_sql_rows,
+)
+from phasegate.policy.plan import PeakWindow
 
 TZ = "Asia/Seoul"
 KST = ZoneInfo(TZ)

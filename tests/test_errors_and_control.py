@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from lab import control
-from lab.layout import LabLayout
 from phasegate import errors
+from phasegate.lab import control
+from phasegate.lab.layout import LabLayout
 
 
 @pytest.mark.parametrize("exc, retryable", [

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from policy.forecast import (
+from phasegate.policy.forecast import (
     Bounds,
     Comparison,
     Eta,
@@ -29,7 +29,7 @@ from policy.forecast import (
     stage_lead_days,
     threshold_eta,
 )
-from policy.forecast_models import (
+from phasegate.policy.forecast_models import (
     DampedTrend,
     Linear,
     LogLinear,
@@ -38,7 +38,7 @@ from policy.forecast_models import (
     t_quantile,
     weekday_factors,
 )
-from policy.plan import load_plan
+from phasegate.policy.plan import load_plan
 
 TODAY = date(2025, 11, 20)
 YESTERDAY = TODAY - timedelta(days=1)

@@ -23,10 +23,10 @@ from google.cloud import compute_v1, run_v2
 from google.longrunning import operations_pb2
 from google.protobuf import duration_pb2, field_mask_pb2
 
-from lab import gcp_cloudrun, gcp_compute
-from lab.control import clear_faults, set_fault, write_json_atomic
-from lab.layout import LabLayout
-from lab.procs import free_port, spawn, stop_pid, wait_port
+from phasegate.lab import gcp_cloudrun, gcp_compute
+from phasegate.lab.control import clear_faults, set_fault, write_json_atomic
+from phasegate.lab.layout import LabLayout
+from phasegate.lab.procs import free_port, spawn, stop_pid, wait_port
 
 PROJECT, REGION, ZONE = "dreamseed-prod", "asia-northeast3", "asia-northeast3-a"
 SERVICE = f"projects/{PROJECT}/locations/{REGION}/services/dreamseed-api"
@@ -68,7 +68,7 @@ class Emu:
 
 def _start(lab: Path) -> Emu:
     port = free_port()
-    argv = [sys.executable, "-m", "lab.gcp_emulator", "--port", str(port), "--lab-dir",
+    argv = [sys.executable, "-m", "phasegate.lab.gcp_emulator", "--port", str(port), "--lab-dir",
             str(lab), "--rollout-delay", "0.3", "--compute-delay", "0.4", "--wait-max", "2"]
     pid = spawn(argv, lab / "logs" / "gcp_emulator.log", cwd=REPO)
     try:

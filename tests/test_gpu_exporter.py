@@ -9,10 +9,10 @@ from pathlib import Path
 
 import httpx
 
-from lab.control import set_gpu_count, write_json_atomic
-from lab.gpu_exporter import gpu_readings
-from lab.layout import LabLayout
-from lab.procs import free_port, spawn, stop_pid, wait_for
+from phasegate.lab.control import set_gpu_count, write_json_atomic
+from phasegate.lab.gpu_exporter import gpu_readings
+from phasegate.lab.layout import LabLayout
+from phasegate.lab.procs import free_port, spawn, stop_pid, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,7 @@ def test_exporter_serves_dcgm_names_for_every_host(tmp_path: Path) -> None:
     layout = make_lab(tmp_path)
     write_load(layout, time.time() + 20)  # stays fresh for the whole test
     port = free_port()
-    argv = [sys.executable, "-m", "lab.gpu_exporter", "--port", str(port),
+    argv = [sys.executable, "-m", "phasegate.lab.gpu_exporter", "--port", str(port),
             "--lab-dir", str(layout.root)]
     pid = spawn(argv, layout.logs_dir / "gpu_exporter.log", cwd=ROOT)
     url = f"http://127.0.0.1:{port}/metrics"

@@ -24,10 +24,10 @@ import httpx
 import paramiko
 import pytest
 
-from lab.control import set_gpu_count, set_setting
-from lab.gpuhost.setup import HostSpec, host_public_key, prepare_host, strict_modes_ok
-from lab.layout import LabLayout
-from lab.procs import free_port, pid_alive, spawn, stop_pid, wait_for, wait_port
+from phasegate.lab.control import set_gpu_count, set_setting
+from phasegate.lab.gpuhost.setup import HostSpec, host_public_key, prepare_host, strict_modes_ok
+from phasegate.lab.layout import LabLayout
+from phasegate.lab.procs import free_port, pid_alive, spawn, stop_pid, wait_for, wait_port
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "Llama-2-13b-chat-hf"

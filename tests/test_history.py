@@ -14,11 +14,11 @@ import httpx
 import numpy as np
 import pytest
 
-from lab.history import HistoryLabels, load_history, write_openmetrics
-from lab.procs import free_port, spawn, stop_pid, wait_for
-from lab.world import TZ, World
 from phasegate.errors import LabError
-from policy.metrics import HISTOGRAM_BASES, KNOWN_METRICS
+from phasegate.lab.history import HistoryLabels, load_history, write_openmetrics
+from phasegate.lab.procs import free_port, spawn, stop_pid, wait_for
+from phasegate.lab.world import TZ, World
+from phasegate.policy.metrics import HISTOGRAM_BASES, KNOWN_METRICS
 
 NOW = datetime(2025, 11, 20, 15, 0, tzinfo=TZ)
 END = NOW - timedelta(minutes=1)

@@ -12,10 +12,10 @@ import psycopg
 import pytest
 import redis
 
-from lab.infra_exporter import GIB, PG_MOUNTPOINT, set_disk
-from lab.layout import LabLayout
-from lab.procs import free_port, stop_pid, wait_for
-from policy.metrics import is_known_metric
+from phasegate.lab.infra_exporter import GIB, PG_MOUNTPOINT, set_disk
+from phasegate.lab.layout import LabLayout
+from phasegate.lab.procs import free_port, stop_pid, wait_for
+from phasegate.policy.metrics import is_known_metric
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -32,7 +32,7 @@ class World:
 
 def _start_exporter(layout: LabLayout, redis_url: str, pg_dsn: str) -> tuple[int, str]:
     port = free_port()
-    pid = svc.start_module("lab.infra_exporter", [
+    pid = svc.start_module("phasegate.lab.infra_exporter", [
         "--port", str(port), "--lab-dir", str(layout.root), "--redis-url", redis_url,
         "--pg-dsn", pg_dsn], layout.logs_dir / f"infra-{port}.log", port=port)
     return pid, f"http://127.0.0.1:{port}/metrics"

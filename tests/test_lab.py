@@ -17,11 +17,11 @@ import pytest
 import redis
 from prometheus_api_client import PrometheusConnect
 
-from blocks.lab import gpu_host_block
-from blocks.systems import GpuHost, PostgresConnection, load_block
-from lab import control
+from phasegate.blocks.systems import GpuHost, PostgresConnection, load_block
 from phasegate.errors import PreconditionFailed
-from tasks.gpu_hosts import detect_gpus, run_remote
+from phasegate.lab import control
+from phasegate.lab.blocks import gpu_host_block
+from phasegate.tasks.gpu_hosts import detect_gpus, run_remote
 
 pytestmark = pytest.mark.lab
 
@@ -124,8 +124,8 @@ def test_vllm_and_api_answer(lab: dict[str, Any]) -> None:
 
 
 def test_cloud_run_service_is_in_phase_1(lab: dict[str, Any]) -> None:
-    from blocks.systems import GcpConnection
-    from tasks.cloud_run import read_service_settings
+    from phasegate.blocks.systems import GcpConnection
+    from phasegate.tasks.cloud_run import read_service_settings
 
     settings = read_service_settings.fn(load_block(GcpConnection, "lab-gcp"))
     assert (settings["min_instances"], settings["max_instances"]) == (0, 3)
@@ -140,7 +140,7 @@ def test_blocks_are_saved_without_secrets_in_clear(lab: dict[str, Any]) -> None:
 
 
 def test_smoke_flow_runs_through_prefect(lab: dict[str, Any]) -> None:
-    from flows.smoke import smoke
+    from phasegate.flows.smoke import smoke
 
     state = smoke(return_state=True)
     assert state.is_completed(), state
@@ -189,7 +189,7 @@ def test_traffic_command_sets_the_driver_rate(lab: dict[str, Any], lab_layout: A
 def test_lab_slack_block_delivers_to_the_receiver(lab: dict[str, Any], lab_layout: Any) -> None:
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
-    from lab.receiver import read_inbox
+    from phasegate.lab.receiver import read_inbox
 
     block = load_block(CustomWebhookNotificationBlock, "lab-slack")
     block.notify("phase 1 -> 2 is due", subject="phasegate")

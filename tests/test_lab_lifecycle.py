@@ -9,9 +9,9 @@ import psycopg
 import pytest
 from conftest import processes_mentioning
 
-from lab.layout import LabLayout
-from lab.supervisor import UpOptions, down, status, up
 from phasegate.errors import LabError
+from phasegate.lab.layout import LabLayout
+from phasegate.lab.supervisor import UpOptions, down, status, up
 
 OPTS = UpOptions(prefect=False, history_days=21, traffic_rate=0.0, vllm_load_seconds=0.5)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from _targets import Running, start_target, stop_target
 
-from phasegate.cli import main
+from phasegate.cli.main import main
 
 
 @pytest.fixture(scope="module")

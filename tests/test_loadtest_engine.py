@@ -19,7 +19,7 @@ from phasegate.errors import SafetyStop
 from phasegate.loadtest.engine import Progress, run
 from phasegate.loadtest.http import HttpClient, Target, parse_target
 from phasegate.loadtest.options import adhoc_options
-from policy.loadtest.scenario import arrival_offsets, parse_options
+from phasegate.policy.loadtest.scenario import arrival_offsets, parse_options
 
 GET = {"METHOD": "GET", "PATH": "/"}
 
@@ -188,7 +188,7 @@ def test_llm_mode_measures_ttft_itl_and_tokens(llm_stub: Running, mode: str) -> 
 def test_llm_mode_against_the_vllm_simulator(tmp_path: Path) -> None:
     from test_vllm_sim import make_lab, start
 
-    from lab.procs import stop_pid
+    from phasegate.lab.procs import stop_pid
 
     layout, model = make_lab(tmp_path, gpus=1)
     sim = start(layout, model, "--served-model-name", "llama", "--max-model-len", "2048",

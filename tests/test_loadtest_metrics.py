@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from policy.loadtest.metrics import Counter, Gauge, MetricStore, Rate, Trend
+from phasegate.policy.loadtest.metrics import Counter, Gauge, MetricStore, Rate, Trend
 
 RNG = np.random.default_rng(20240601)
 N = 100_000

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from phasegate.errors import PlanError
-from policy.loadtest.scenario import (
+from phasegate.policy.loadtest.scenario import (
     ConstantArrivalRate,
     ConstantVus,
     Options,
@@ -25,7 +25,7 @@ from policy.loadtest.scenario import (
     scaled,
     vus_at,
 )
-from policy.plan import load_plan
+from phasegate.policy.plan import load_plan
 
 
 def _one(scenario: dict[str, Any], thresholds: dict[str, Any] | None = None) -> Any:

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from policy.loadtest.metrics import MetricStore
-from policy.loadtest.summary import exit_code, render_text, summary_export
-from policy.loadtest.thresholds import (
+from phasegate.policy.loadtest.metrics import MetricStore
+from phasegate.policy.loadtest.summary import exit_code, render_text, summary_export
+from phasegate.policy.loadtest.thresholds import (
     ThresholdResult,
     evaluate,
     evaluate_windows,

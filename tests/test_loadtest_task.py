@@ -41,7 +41,7 @@ async def _artifacts(key: str) -> list[Any]:
 def test_task_returns_the_summary_and_publishes_artifacts(harness: None, fast: Running) -> None:
     from prefect import flow
 
-    from tasks.loadtest import run_load_test
+    from phasegate.tasks.loadtest import run_load_test
 
     options = {"scenarios": {"smoke_test": {
         "executor": "constant-vus", "vus": 2, "duration": "250s", "exec": "journey"}},
@@ -65,6 +65,6 @@ def test_task_returns_the_summary_and_publishes_artifacts(harness: None, fast: R
 
 
 def test_task_is_never_retried() -> None:
-    from tasks.loadtest import run_load_test
+    from phasegate.tasks.loadtest import run_load_test
 
     assert run_load_test.retries == 0

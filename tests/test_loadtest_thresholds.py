@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from phasegate.errors import PlanError
-from policy.loadtest.metrics import MetricStore
-from policy.loadtest.thresholds import (
+from phasegate.policy.loadtest.metrics import MetricStore
+from phasegate.policy.loadtest.thresholds import (
     Threshold,
     abort_due,
     evaluate,

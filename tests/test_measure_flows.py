@@ -12,11 +12,11 @@ import psycopg
 import pytest
 from prefect.client.orchestration import get_client
 
-from blocks.systems import PrometheusConnection
-from flows.capacity_forecast import capacity_forecast
-from flows.trigger_check import trigger_check
-from lab.procs import free_port
-from lab.receiver import read_inbox
+from phasegate.blocks.systems import PrometheusConnection
+from phasegate.flows.capacity_forecast import capacity_forecast
+from phasegate.flows.trigger_check import trigger_check
+from phasegate.lab.procs import free_port
+from phasegate.lab.receiver import read_inbox
 
 pytestmark = pytest.mark.lab
 
@@ -127,7 +127,7 @@ def test_cli_json_shapes(lab: dict[str, Any]) -> None:
 
 
 def test_due_creates_one_transition_run_and_never_a_second(lab: dict[str, Any]) -> None:
-    from flows.phase_transition import phase_transition
+    from phasegate.flows.phase_transition import phase_transition
 
     deployment_id = phase_transition.to_deployment(
         name="phase-transition", parameters={"target_phase": 2}).apply()

@@ -32,13 +32,13 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import StateType
 
-from blocks.lab import gpu_host_block
-from blocks.systems import GcpConnection, load_block
-from flows.phase_transition import phase_transition
-from lab import control
-from phasegate.transition_cli import approve
-from tasks.cloud_run import read_service_settings
-from tasks.gpu_hosts import container_spec
+from phasegate.blocks.systems import GcpConnection, load_block
+from phasegate.cli.transition import approve
+from phasegate.flows.phase_transition import phase_transition
+from phasegate.lab import control
+from phasegate.lab.blocks import gpu_host_block
+from phasegate.tasks.cloud_run import read_service_settings
+from phasegate.tasks.gpu_hosts import container_spec
 
 pytestmark = pytest.mark.lab
 
@@ -166,7 +166,7 @@ def _stages(run_id: str) -> list[str]:
 def _scale_back(lab: dict[str, Any]) -> None:
     """Back to phase 1 with the `rollback` flow (it restores the newest snapshot: the exact
     phase-1 state), so later tests find the lab in phase 1; asserts that state."""
-    from flows.rollback import rollback
+    from phasegate.flows.rollback import rollback
 
     if _phase(lab) != 2:
         return
@@ -218,7 +218,7 @@ def test_second_transition_is_refused_while_one_runs(lab: dict[str, Any]) -> Non
 
 def test_vllm_never_healthy_rolls_back_to_the_old_container(
         lab: dict[str, Any], lab_layout: Any, gpu2_installed: None) -> None:
-    from lab.control import clear_faults, set_fault
+    from phasegate.lab.control import clear_faults, set_fault
 
     t, out = _in_thread(lambda: phase_transition(target_phase=2, return_state=True, **FAST))
     run_id = _answer("Alice Kim", "CTO", True)
@@ -296,8 +296,8 @@ def test_backup_failure_stops_with_nothing_changed(lab: dict[str, Any],
 
 def test_prometheus_down_during_watch_rolls_back(lab: dict[str, Any],
                                                  gpu2_installed: None) -> None:
-    from blocks.systems import PrometheusConnection
-    from lab.procs import free_port
+    from phasegate.blocks.systems import PrometheusConnection
+    from phasegate.lab.procs import free_port
 
     PrometheusConnection(url=f"http://127.0.0.1:{free_port()}", timeout_s=1).save(
         "dead-prometheus", overwrite=True)

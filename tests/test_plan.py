@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from phasegate.errors import PlanError
-from policy.durations import format_duration, parse_duration
-from policy.plan import (
+from phasegate.policy.durations import format_duration, parse_duration
+from phasegate.policy.plan import (
     DEFAULT_PLAN_PATH,
     PromQLSource,
     SQLSource,
@@ -22,7 +22,7 @@ from policy.plan import (
     sql_problems,
     validate_plan_data,
 )
-from policy.promql import clamp_windows, metric_names, promql_problems, range_windows
+from phasegate.policy.promql import clamp_windows, metric_names, promql_problems, range_windows
 
 Data = dict[str, Any]
 

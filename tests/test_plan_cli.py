@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from phasegate import plan_cli
-from policy.plan import DEFAULT_PLAN_PATH
+from phasegate.cli import plan as plan_cli
+from phasegate.policy.plan import DEFAULT_PLAN_PATH
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from policy.gpus import GpuInfo, parse_query_gpu_csv
+from phasegate.policy.gpus import GpuInfo, parse_query_gpu_csv
 
 
 def test_parses_real_nvidia_smi_rows() -> None:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from policy.postmortem import (
+from phasegate.policy.postmortem import (
     PostmortemFacts,
     TimelineEntry,
     format_elapsed,
@@ -16,7 +16,7 @@ from policy.postmortem import (
     render_incident,
     render_postmortem,
 )
-from policy.transition import ApprovalAnswer
+from phasegate.policy.transition import ApprovalAnswer
 
 T0 = datetime(2025, 11, 20, 9, 0, tzinfo=UTC)
 

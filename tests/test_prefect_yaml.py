@@ -1,9 +1,9 @@
 """prefect.yaml: every deployment's entrypoint imports, names the flow it says, and its
-parameters and schedules are what the flow and the issues ask for."""
+parameters and schedules are what the flow and the issues ask for; `serve` derives its
+deployments from it (one definition)."""
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from pathlib import Path
 from typing import Any
@@ -12,15 +12,21 @@ import pytest
 import yaml
 from prefect.flows import Flow
 
+from phasegate.deployments.serve import (
+    PREFECT_YAML,
+    load_flow,
+    read_deployments,
+    runner_deployments,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOYMENTS = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
 
 
 def _flow(entrypoint: str) -> Flow[Any, Any]:
-    path, name = entrypoint.split(":")
-    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
-    flow = getattr(module, name)
+    flow = load_flow(entrypoint)
     assert isinstance(flow, Flow)
+    assert flow.fn.__module__ == entrypoint.rsplit(".", 1)[0]  # imported, not run as a script
     return flow
 
 
@@ -38,3 +44,22 @@ def test_schedules_follow_the_issue() -> None:
         {"cron": "*/15 * * * *", "timezone": "Asia/Seoul"}]
     assert by_name["capacity-forecast"]["schedules"] == [
         {"cron": "0 9 * * *", "timezone": "Asia/Seoul"}]
+
+
+def test_serve_derives_every_deployment_from_prefect_yaml() -> None:
+    assert PREFECT_YAML == ROOT / "prefect.yaml"
+    specs = read_deployments()
+    assert [s.name for s in specs] == [d["name"] for d in DEPLOYMENTS]
+    served = {d.name: d for d in runner_deployments(specs, prefix="prod")}
+    for dep in DEPLOYMENTS:
+        runner = served[dep["name"]]
+        expected = dict(dep.get("parameters", {}))
+        if "prefix" in expected:
+            expected["prefix"] = "prod"
+        assert runner.parameters == expected
+        crons = [(s.schedule.cron, s.schedule.timezone) for s in runner.schedules or []]
+        assert crons == [(s["cron"], s["timezone"]) for s in dep.get("schedules", [])]
+        limit = runner.concurrency_limit
+        assert (getattr(limit, "limit", limit)) == dep.get("concurrency_limit")
+    unscheduled = runner_deployments(specs, schedules=False)
+    assert all(not d.schedules for d in unscheduled)

@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import _services as svc  # tests/ has no __init__.py: pytest puts tests/ itself on sys.path
 import pytest
 
-from lab.layout import LabLayout
-from lab.procs import free_port, pid_alive, stop_pid
-from lab.receiver import append_message, channel_for, read_inbox
+from phasegate.lab.layout import LabLayout
+from phasegate.lab.procs import free_port, pid_alive, stop_pid
+from phasegate.lab.receiver import append_message, channel_for, read_inbox
 
 ALERT = {"version": "4", "status": "firing", "receiver": "slack", "groupKey": "{}:{}",
          "commonLabels": {"alertname": "HighGPUUtilization"},
@@ -25,7 +25,8 @@ def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LabLayo
     layout = LabLayout(tmp_path_factory.mktemp("lab"))
     layout.ensure()
     port = free_port()
-    pid = svc.start_module("lab.receiver", ["--port", str(port), "--lab-dir", str(layout.root)],
+    pid = svc.start_module("phasegate.lab.receiver",
+                           ["--port", str(port), "--lab-dir", str(layout.root)],
                            layout.logs_dir / "receiver.log", port=port)
     try:
         yield layout, f"http://127.0.0.1:{port}", pid

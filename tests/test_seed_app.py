@@ -10,8 +10,8 @@ import psycopg
 import pytest
 from _pg import PG_BIN, pg_server  # tests/ has no __init__.py: pytest puts tests/ on sys.path
 
-from lab.seed_app import QUESTIONS, create_app_schema, seed_app_db
-from lab.world import TZ, World
+from phasegate.lab.seed_app import QUESTIONS, create_app_schema, seed_app_db
+from phasegate.lab.world import TZ, World
 
 NOW = datetime(2025, 11, 20, 15, 0, tzinfo=TZ)
 

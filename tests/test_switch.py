@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from blocks.lab import gpu_host_block
-from flows.phase_transition import Run, Target, connect, deploy
-from lab import control
-from policy.plan import load_plan
-from tasks.cloud_run import read_service_settings
-from tasks.gpu_hosts import container_spec
-from tasks.vllm import api_answers
+from phasegate.flows.phase_transition import Run, Target, connect, deploy
+from phasegate.lab import control
+from phasegate.lab.blocks import gpu_host_block
+from phasegate.policy.plan import load_plan
+from phasegate.tasks.cloud_run import read_service_settings
+from phasegate.tasks.gpu_hosts import container_spec
+from phasegate.tasks.vllm import api_answers
 
 pytestmark = pytest.mark.lab
 

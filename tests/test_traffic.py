@@ -12,10 +12,10 @@ from pathlib import Path
 import _services as svc  # tests/ has no __init__.py: pytest puts tests/ itself on sys.path
 import pytest
 
-from lab.control import set_traffic_rate
-from lab.layout import LabLayout
-from lab.procs import free_port, pid_alive, stop_pid, wait_for
-from lab.traffic import check_target, p95
+from phasegate.lab.control import set_traffic_rate
+from phasegate.lab.layout import LabLayout
+from phasegate.lab.procs import free_port, pid_alive, stop_pid, wait_for
+from phasegate.lab.traffic import check_target, p95
 
 
 @dataclass
@@ -36,7 +36,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with svc.postgres_server() as pg, svc.redis_server(root) as rd:
         dsn = svc.create_app_db(pg)
         port = free_port()
-        pid = svc.start_module("lab.api_sim", [
+        pid = svc.start_module("phasegate.lab.api_sim", [
             "--port", str(port), "--lab-dir", str(root), "--redis-url", rd.url,
             "--vllm-url", stub.url, "--app-dsn", dsn], layout.logs_dir / "api.log", port=port)
         try:
@@ -65,7 +65,7 @@ def _settled(world: World, last: list[float]) -> bool:
 def test_rate_is_kept_and_zero_is_idle(world: World) -> None:
     set_traffic_rate(world.layout, 0)
     log = world.layout.logs_dir / "traffic.log"
-    pid = svc.start_module("lab.traffic", ["--api-url", world.api, "--lab-dir",
+    pid = svc.start_module("phasegate.lab.traffic", ["--api-url", world.api, "--lab-dir",
                                            str(world.layout.root), "--summary-interval", "1"],
                            log)
     try:
@@ -90,7 +90,7 @@ def test_rate_is_kept_and_zero_is_idle(world: World) -> None:
 
 
 def test_non_local_target_is_refused(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "lab.traffic", "--api-url",
+    proc = subprocess.run([sys.executable, "-m", "phasegate.lab.traffic", "--api-url",
                            "http://example.com", "--lab-dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=20, cwd=svc.REPO)
     assert proc.returncode == 2 and "127.0.0.1" in proc.stderr

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from lab.gpuhost.docker import _parse_gpus, _parse_run
 from phasegate.errors import SafetyStop
-from policy.plan import Plan, load_plan
-from policy.transition import (
+from phasegate.lab.gpuhost.docker import _parse_gpus, _parse_run
+from phasegate.policy.plan import Plan, load_plan
+from phasegate.policy.transition import (
     ApprovalAnswer,
     ChangeSet,
     ContainerSpec,

@@ -18,11 +18,13 @@ import pytest
 import redis
 from psycopg import sql
 
-from blocks.lab import gpu_host_block
-from blocks.systems import GcpConnection, GpuHost, PostgresConnection, RedisConnection, load_block
-from lab import control
-from lab.procs import free_port
-from lab.supervisor import phase1_vllm_args
+from phasegate.blocks.systems import (
+    GcpConnection,
+    GpuHost,
+    PostgresConnection,
+    RedisConnection,
+    load_block,
+)
 from phasegate.errors import (
     PreconditionFailed,
     RemoteTimeout,
@@ -30,11 +32,15 @@ from phasegate.errors import (
     SourceUnavailable,
     TransitionLocked,
 )
-from policy.plan import load_plan
-from policy.transition import docker_run_args, vllm_containers
-from tasks.backup import _scratch_database, archive_models, backup_database, sha256_file
-from tasks.cloud_run import apply_service_settings, read_service_settings
-from tasks.gpu_hosts import (
+from phasegate.lab import control
+from phasegate.lab.blocks import gpu_host_block
+from phasegate.lab.procs import free_port
+from phasegate.lab.supervisor import phase1_vllm_args
+from phasegate.policy.plan import load_plan
+from phasegate.policy.transition import docker_run_args, vllm_containers
+from phasegate.tasks.backup import _scratch_database, archive_models, backup_database, sha256_file
+from phasegate.tasks.cloud_run import apply_service_settings, read_service_settings
+from phasegate.tasks.gpu_hosts import (
     container_spec,
     parse_run_argv,
     remove_container,
@@ -43,9 +49,9 @@ from tasks.gpu_hosts import (
     stop_container,
     wait_vllm_ready,
 )
-from tasks.postgres import count_rows
-from tasks.redis_cache import apply_memory_config, read_memory_config
-from tasks.state_store import (
+from phasegate.tasks.postgres import count_rows
+from phasegate.tasks.redis_cache import apply_memory_config, read_memory_config
+from phasegate.tasks.state_store import (
     close_snapshots,
     create_state_schema,
     interrupted_run,
@@ -325,7 +331,7 @@ def test_transition_lock_refuses_a_second_holder(lab: dict[str, Any]) -> None:
 def test_an_open_snapshot_is_an_interrupted_run_until_closed(lab: dict[str, Any]) -> None:
     """A run that saved its snapshot and never ended is found (newest first); closing it, or
     an outcome, hides it. Phase 97 keeps real runs' rows out of the way."""
-    from flows.phase_transition import _take_over
+    from phasegate.flows.phase_transition import _take_over
 
     dead, older = f"test-{uuid.uuid4()}", f"test-{uuid.uuid4()}"
     with psycopg.connect(lab["postgres"]["state_dsn"]) as conn:

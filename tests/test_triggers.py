@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from lab.world import TZ, World
-from policy.daily import DayValue, daily_values
-from policy.plan import Condition, Transition, load_plan
-from policy.triggers import (
+from phasegate.lab.world import TZ, World
+from phasegate.policy.daily import DayValue, daily_values
+from phasegate.policy.plan import Condition, Transition, load_plan
+from phasegate.policy.triggers import (
     ConditionResult,
     TriggerReport,
     TriggerState,

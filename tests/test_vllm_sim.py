@@ -17,8 +17,8 @@ import aiohttp
 import httpx
 import pytest
 
-from lab.control import clear_faults, set_fault, set_gpu_count, set_setting
-from lab.gpu_model import (
+from phasegate.lab.control import clear_faults, set_fault, set_gpu_count, set_setting
+from phasegate.lab.gpu_model import (
     ModelShape,
     gpu_spec,
     gpu_utilization,
@@ -26,8 +26,8 @@ from lab.gpu_model import (
     replica_capacity,
     step_seconds,
 )
-from lab.layout import LabLayout
-from lab.procs import free_port, spawn, stop_pid, wait_for, wait_port
+from phasegate.lab.layout import LabLayout
+from phasegate.lab.procs import free_port, spawn, stop_pid, wait_for, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
 LLAMA_13B = {"architectures": ["LlamaForCausalLM"], "num_attention_heads": 40,
@@ -66,7 +66,8 @@ def make_lab(root: Path, gpus: int = 2, load_seconds: float = 0.3) -> tuple[LabL
 def sim_argv(layout: LabLayout, model: Path, port: int, *extra: str,
              visible: str = "0,1") -> list[str]:
     """The command line the docker shim would run."""
-    return [sys.executable, "-m", "lab.vllm_sim", "--model", str(model), "--port", str(port),
+    return [sys.executable, "-m", "phasegate.lab.vllm_sim", "--model", str(model),
+            "--port", str(port),
             "--gpu-host", "gpu-1", "--lab-dir", str(layout.root), "--visible-gpus", visible,
             *extra]
 

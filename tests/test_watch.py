@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from policy.plan import Watch, WatchMetric, load_plan
-from policy.watch import (
+from phasegate.policy.plan import Watch, WatchMetric, load_plan
+from phasegate.policy.watch import (
     KEEP_MEASUREMENTS,
     Outcome,
     WatchState,

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lab.world import CONDITION_KEYS, PLANS, REDIS_MAX_BYTES, TZ, World
+from phasegate.lab.world import CONDITION_KEYS, PLANS, REDIS_MAX_BYTES, TZ, World
 
 NOW = datetime(2025, 11, 20, 15, 0, tzinfo=TZ)     # a Thursday afternoon in Seoul
 

@@ -35,15 +35,15 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from lab.control import read_gpus, write_json_atomic
-from lab.layout import LabLayout
-from lab.procs import free_port, port_free
+from phasegate.lab.control import read_gpus, write_json_atomic
+from phasegate.lab.layout import LabLayout
+from phasegate.lab.procs import free_port, port_free
 
 __all__ = ["IMAGE", "DockerError", "main", "run_command", "running_gpu_pids"]
 
 IMAGE = "vllm/vllm-openai"
 ENTRYPOINT = ["python3", "-m", "vllm.entrypoints.openai.api_server"]
-DEFAULT_MODULE = "lab.vllm_sim"
+DEFAULT_MODULE = "phasegate.lab.vllm_sim"
 ENTRYPOINT_ENV = "PHASEGATE_DOCKER_ENTRYPOINT"
 ZERO_TIME = "0001-01-01T00:00:00Z"
 _NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")

@@ -18,9 +18,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.gpu_exporter import IDLE_MEMORY_MIB, GpuReading, gpu_readings
-from lab.gpuhost.docker import running_gpu_pids
-from lab.layout import LabLayout
+from phasegate.lab.gpu_exporter import IDLE_MEMORY_MIB, GpuReading, gpu_readings
+from phasegate.lab.gpuhost.docker import running_gpu_pids
+from phasegate.lab.layout import LabLayout
 
 __all__ = ["CUDA_VERSION", "DRIVER_VERSION", "GpuReading", "gpu_processes", "main", "readings"]
 

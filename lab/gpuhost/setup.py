@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.control import set_gpu_count
-from lab.layout import LabLayout
+from phasegate.lab.control import set_gpu_count
+from phasegate.lab.layout import LabLayout
 
 __all__ = [
     "MODEL_NAME",
@@ -180,14 +180,15 @@ def _sshd_config(layout: LabLayout, name: str, port: int, user: str, strict: boo
 
 
 def _importable_without_path(python: str) -> bool:
-    """True if `python` imports this repo's `lab` package from / with no PYTHONPATH."""
+    """True if `python` imports this repo's `phasegate` package from / with no PYTHONPATH."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     try:
-        out = subprocess.run([python, "-c", "import lab; print(lab.__file__)"], cwd="/", env=env,
-                             capture_output=True, text=True, timeout=30, check=True).stdout
+        out = subprocess.run([python, "-c", "import phasegate; print(phasegate.__file__)"],
+                             cwd="/", env=env, capture_output=True, text=True, timeout=30,
+                             check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return False
-    return Path(out.strip()).resolve().parent == _REPO_ROOT / "lab"
+    return Path(out.strip()).resolve().parent == _REPO_ROOT / "phasegate"
 
 
 def _write_wrapper(path: Path, python: str, module: str, pythonpath: bool) -> None:
@@ -327,8 +328,9 @@ def prepare_host(layout: LabLayout, name: str, port: int,
     _write_if_changed(config, _sshd_config(layout, name, port, user, strict))
     config.chmod(0o644)
     pythonpath = not _importable_without_path(python)
-    _write_wrapper(hdir / "bin" / "nvidia-smi", python, "lab.gpuhost.nvidia_smi", pythonpath)
-    _write_wrapper(hdir / "bin" / "docker", python, "lab.gpuhost.docker", pythonpath)
+    _write_wrapper(hdir / "bin" / "nvidia-smi", python, "phasegate.lab.gpuhost.nvidia_smi",
+                   pythonpath)
+    _write_wrapper(hdir / "bin" / "docker", python, "phasegate.lab.gpuhost.docker", pythonpath)
     _write_model(hdir / "models")
     if not layout.gpus_file(name).exists():
         set_gpu_count(layout, name, 0)

@@ -35,10 +35,10 @@ from phasegate.errors import ConfigError, SafetyStop
 from phasegate.loadtest.http import HttpClient, Target, is_loopback, parse_target
 from phasegate.loadtest.journeys import JOURNEYS, Journey
 from phasegate.loadtest.vu import Iteration, Recorder, Vu
-from policy.loadtest.metrics import MetricStore, Tags
-from policy.loadtest.scenario import Options, arrival_offsets, duration_s, scaled, vus_at
-from policy.loadtest.summary import exit_code, summary_export
-from policy.loadtest.thresholds import abort_due, evaluate, evaluate_windows
+from phasegate.policy.loadtest.metrics import MetricStore, Tags
+from phasegate.policy.loadtest.scenario import Options, arrival_offsets, duration_s, scaled, vus_at
+from phasegate.policy.loadtest.summary import exit_code, summary_export
+from phasegate.policy.loadtest.thresholds import abort_due, evaluate, evaluate_windows
 
 __all__ = ["Progress", "ProgressCallback", "RunResult", "run", "run_async"]
 

@@ -14,9 +14,9 @@ import json
 from typing import Any
 
 from phasegate.loadtest.journeys import SEED_PROMPTS
-from policy.durations import format_duration
-from policy.loadtest.scenario import Options
-from policy.loadtest.thresholds import ThresholdSpec
+from phasegate.policy.durations import format_duration
+from phasegate.policy.loadtest.scenario import Options
+from phasegate.policy.loadtest.thresholds import ThresholdSpec
 
 __all__ = ["export_k6"]
 

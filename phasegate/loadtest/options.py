@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from phasegate.errors import ConfigError
-from policy.loadtest.scenario import Options, parse_options
+from phasegate.policy.loadtest.scenario import Options, parse_options
 
 __all__ = ["REQUEST_JOURNEY", "adhoc_options", "file_options", "phase_options"]
 
@@ -43,7 +43,7 @@ def phase_options(phase: int, plan_path: str | Path | None = None) -> Options:
 
     Raises PlanError when the plan is invalid or has no such phase.
     """
-    from policy.plan import load_plan
+    from phasegate.policy.plan import load_plan
 
     test = load_plan(plan_path).phase(phase).load_test
     scenario = test.scenario.model_dump(mode="json", by_alias=False, exclude_defaults=True)

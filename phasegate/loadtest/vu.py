@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from phasegate.loadtest.http import ChunkSink, HttpClient, Response
-from policy.loadtest.metrics import MetricStore, Tags
+from phasegate.policy.loadtest.metrics import MetricStore, Tags
 
 __all__ = ["Iteration", "Recorder", "Timed", "Vu"]
 

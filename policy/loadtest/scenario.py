@@ -40,8 +40,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from phasegate.errors import PlanError
-from policy.durations import format_duration, positive_duration, to_duration
-from policy.loadtest.thresholds import Threshold, ThresholdsSpec, parse_thresholds
+from phasegate.policy.durations import format_duration, positive_duration, to_duration
+from phasegate.policy.loadtest.thresholds import Threshold, ThresholdsSpec, parse_thresholds
 
 __all__ = [
     "EXECUTORS",

@@ -22,8 +22,16 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from policy.loadtest.metrics import TIME_METRICS, Counter, Gauge, MetricStore, Rate, Sink, Trend
-from policy.loadtest.thresholds import ThresholdResult, WindowResult, parse_key
+from phasegate.policy.loadtest.metrics import (
+    TIME_METRICS,
+    Counter,
+    Gauge,
+    MetricStore,
+    Rate,
+    Sink,
+    Trend,
+)
+from phasegate.policy.loadtest.thresholds import ThresholdResult, WindowResult, parse_key
 
 __all__ = [
     "EXIT_ABORTED",

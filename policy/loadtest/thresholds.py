@@ -32,8 +32,16 @@ from pydantic import (
 )
 
 from phasegate.errors import PlanError
-from policy.durations import format_duration, parse_duration
-from policy.loadtest.metrics import KNOWN_METRICS, Counter, Gauge, Kind, MetricStore, Rate, Sink
+from phasegate.policy.durations import format_duration, parse_duration
+from phasegate.policy.loadtest.metrics import (
+    KNOWN_METRICS,
+    Counter,
+    Gauge,
+    Kind,
+    MetricStore,
+    Rate,
+    Sink,
+)
 
 __all__ = [
     "ALLOWED_AGGREGATIONS",

@@ -11,7 +11,7 @@ from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from pydantic import SecretStr
 
-from blocks.systems import (
+from phasegate.blocks.systems import (
     GcpConnection,
     GpuHost,
     HttpEndpoint,
@@ -19,7 +19,7 @@ from blocks.systems import (
     PrometheusConnection,
     RedisConnection,
 )
-from tasks.transitions import TRANSITION_LIMIT
+from phasegate.tasks.transitions import TRANSITION_LIMIT
 
 __all__ = ["LAB_BLOCK_NAME", "lab_blocks", "save_lab_blocks"]
 

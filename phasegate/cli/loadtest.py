@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from phasegate.errors import ConfigError
-from policy.loadtest.scenario import Options
+from phasegate.policy.loadtest.scenario import Options
 
 __all__ = ["build_options", "register"]
 
@@ -120,7 +120,7 @@ def build_options(args: argparse.Namespace) -> Options:
         return adhoc_options(_adhoc_scenario(args), extra, request=request)
     if not extra:
         return options
-    from policy.loadtest.scenario import parse_options
+    from phasegate.policy.loadtest.scenario import parse_options
 
     merged = {**options.model_dump(mode="json")["thresholds"], **extra}
     return parse_options({"scenarios": {n: s.model_dump(mode="json")
@@ -137,7 +137,7 @@ def _progress_printer() -> Any:
 
 def _run(args: argparse.Namespace) -> int:
     from phasegate.loadtest.engine import run
-    from policy.loadtest.summary import render_text
+    from phasegate.policy.loadtest.summary import render_text
 
     options = build_options(args)
     result = run(options, args.target, scale=args.scale, allow_remote=args.allow_remote,

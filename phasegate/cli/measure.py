@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from phasegate.config import lab_layout, lab_prefect_api_url
+from phasegate.cli.api import prefect_api
 from phasegate.errors import ConfigError
 
 __all__ = ["register"]
@@ -35,18 +35,12 @@ def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace, call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    api = lab_prefect_api_url(lab_layout(args.dir))
-    if api is None:
-        raise ConfigError("no Prefect API: set PREFECT_API_URL or start the lab "
-                          "(`phasegate lab up`)")
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: api}):
+    with prefect_api(args.dir):
         return call()
 
 
 def _check(args: argparse.Namespace) -> int:
-    from flows.trigger_check import trigger_check
+    from phasegate.flows.trigger_check import trigger_check
 
     try:
         manual = {k: float(v) for k, v in (m.split("=", 1) for m in args.manual)}
@@ -72,7 +66,7 @@ def _trigger_table(out: dict[str, Any]) -> str:
 
 
 def _forecast(args: argparse.Namespace) -> int:
-    from flows.capacity_forecast import capacity_forecast
+    from phasegate.flows.capacity_forecast import capacity_forecast
 
     out = _run(args, lambda: capacity_forecast(plan_path=args.plan, prefix=args.prefix))
     print(json.dumps(out, indent=2, default=str) if args.json else _forecast_table(out))

@@ -13,16 +13,16 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every registered subcommand."""
-    from phasegate.lab_cli import register as lab_commands
-    from phasegate.loadtest_cli import register as loadtest_commands
-    from phasegate.measure_cli import register as measure_commands
-    from phasegate.plan_cli import register as plan_commands
-    from phasegate.smoke_cli import register as smoke_commands
-    from phasegate.transition_cli import register as transition_commands
+    from phasegate.cli.demo import register as demo_commands
+    from phasegate.cli.lab import register as lab_commands
+    from phasegate.cli.loadtest import register as loadtest_commands
+    from phasegate.cli.measure import register as measure_commands
+    from phasegate.cli.plan import register as plan_commands
+    from phasegate.cli.transition import register as transition_commands
 
     parser = argparse.ArgumentParser(prog="phasegate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for register in (plan_commands, lab_commands, smoke_commands, measure_commands,
+    for register in (plan_commands, lab_commands, demo_commands, measure_commands,
                      loadtest_commands, transition_commands):
         register(sub)
     return parser

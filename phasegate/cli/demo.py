@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -26,12 +27,31 @@ from uuid import UUID
 
 import psycopg
 
-from lab import control
-from lab.layout import LabLayout
-from lab.procs import pid_alive, stop_pid
+from phasegate.cli.lab import lab_layout, running_lab
 from phasegate.errors import LabError
+from phasegate.lab import control
+from phasegate.lab.layout import LabLayout
+from phasegate.lab.procs import pid_alive, stop_pid
 
-__all__ = ["run_demo"]
+__all__ = ["register", "run_demo"]
+
+
+def register(sub: Any) -> None:
+    """Add `demo`."""
+    demo = sub.add_parser("demo", help="the story on the lab: triggers, 1 -> 2 with approvals, "
+                          "a step back with a fault and its automatic rollback")
+    demo.add_argument("--dir", help="lab directory (default $PHASEGATE_LAB or .lab)")
+    demo.add_argument("--interactive", action="store_true",
+                      help="wait for people to approve in the Prefect UI")
+    demo.set_defaults(handler=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    layout = lab_layout(args.dir)
+    code = run_demo(layout, interactive=args.interactive)
+    print(f"\nThe lab keeps running; stop it with: .venv/bin/phasegate lab down "
+          f"--dir {layout.root}")
+    return code
 
 # Compressed time: a 2-hour watch becomes 24 s; the 9-minute load test ~5 s.
 DEMO_PARAMS: dict[str, Any] = {
@@ -49,9 +69,9 @@ def _serve(layout: LabLayout, api: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PREFECT_API_URL": api, "PHASEGATE_LAB": str(layout.root),
            "PREFECT_LOGGING_LEVEL": "WARNING"}
     log = open(layout.logs_dir / "serve.log", "ab")  # noqa: SIM115 - lives with the child
-    return subprocess.Popen([sys.executable, "-m", "deployments.serve"], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True,
-                            cwd=Path(__file__).resolve().parent.parent)
+    return subprocess.Popen([sys.executable, "-m", "phasegate.deployments.serve"], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            cwd=Path(__file__).resolve().parents[2])
 
 
 def _wait_deployment(name: str, timeout_s: float = 60) -> None:
@@ -88,7 +108,7 @@ def _wait(run_id: UUID, done: Any, timeout_s: float) -> Any:
 
 def _approve_all(run_id: UUID, interactive: bool, ui: str) -> None:
     """Answer both approvals, as two managers would."""
-    from phasegate.transition_cli import approve
+    from phasegate.cli.transition import approve
 
     for name, role in (("Jiwoo Park", "CTO"), ("Minseo Choi", "CFO")):
         state = _wait(run_id, lambda s: s.is_paused() or s.is_final(), 300)
@@ -127,7 +147,7 @@ def _when_watching(run_id: UUID, action: Any) -> float:
     """Wait until the run's metric watch has started, then do `action`; when it was done."""
     from prefect.client.orchestration import get_client
 
-    from blocks.systems import PostgresConnection, load_block
+    from phasegate.blocks.systems import PostgresConnection, load_block
 
     pg = load_block(PostgresConnection, "lab-postgres")
     deadline = time.monotonic() + 600
@@ -154,8 +174,7 @@ def run_demo(layout: LabLayout, interactive: bool = False) -> int:
     """The demo story; returns the exit code (0 when both runs ended as expected)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from lab.supervisor import UpOptions, status, up
-    from phasegate.config import running_lab
+    from phasegate.lab.supervisor import UpOptions, status, up
 
     t0 = time.monotonic()
     _say("lab up")
@@ -175,7 +194,7 @@ def run_demo(layout: LabLayout, interactive: bool = False) -> int:
 
 def _story(layout: LabLayout, doc: dict[str, Any], ui: str, interactive: bool,
            t0: float) -> int:
-    from flows.trigger_check import trigger_check
+    from phasegate.flows.trigger_check import trigger_check
 
     _wait_deployment("phase-transition/phase-transition")
     _say("trigger-check: is phase 2 due?")
@@ -203,10 +222,10 @@ def _story(layout: LabLayout, doc: dict[str, Any], ui: str, interactive: bool,
 
 def _phase2_live() -> str:
     """Read back what phase 2 means (vLLM TP 2, Cloud Run 1-8, Redis 16gb allkeys-lru)."""
-    from blocks.systems import GcpConnection, GpuHost, RedisConnection, load_block
-    from tasks.cloud_run import read_service_settings
-    from tasks.gpu_hosts import container_spec
-    from tasks.redis_cache import read_memory_config
+    from phasegate.blocks.systems import GcpConnection, GpuHost, RedisConnection, load_block
+    from phasegate.tasks.cloud_run import read_service_settings
+    from phasegate.tasks.gpu_hosts import container_spec
+    from phasegate.tasks.redis_cache import read_memory_config
 
     spec = container_spec(load_block(GpuHost, "lab-gpu-1"), "vllm-server") or {}
     args = spec.get("args", [])

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 from uuid import UUID
 
-from phasegate.config import lab_layout, lab_prefect_api_url
+from phasegate.cli.api import prefect_api
 from phasegate.errors import ConfigError
 
 __all__ = ["approve", "register"]
@@ -56,12 +56,7 @@ def approve(run_id: str, name: str, role: str, approved: bool, comment: str = ""
 
 
 def _approve(args: argparse.Namespace) -> int:
-    api = lab_prefect_api_url(lab_layout(args.dir))
-    if api is None:
-        raise ConfigError("no Prefect API: set PREFECT_API_URL or start the lab")
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: api}):
+    with prefect_api(args.dir):
         approve(args.run_id, args.name, args.role, not args.reject, args.comment)
     verb = "rejected" if args.reject else "approved"
     print(f"{verb} as {args.name} ({args.role}); run {args.run_id} resumes")
@@ -69,14 +64,9 @@ def _approve(args: argparse.Namespace) -> int:
 
 
 def _transition(args: argparse.Namespace) -> int:
-    api = lab_prefect_api_url(lab_layout(args.dir))
-    if api is None:
-        raise ConfigError("no Prefect API: set PREFECT_API_URL or start the lab")
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from phasegate.flows.phase_transition import phase_transition
 
-    from flows.phase_transition import phase_transition
-
-    with temporary_settings(updates={PREFECT_API_URL: api}):
+    with prefect_api(args.dir):
         state = phase_transition(target_phase=args.target, plan_path=args.plan,
                                  dry_run=args.dry_run, watch_duration=args.watch,
                                  watch_interval=args.watch_interval,

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from phasegate.errors import PlanError
-from policy.durations import format_duration
-from policy.plan import DEFAULT_PLAN_PATH, Bound, Phase, Plan, Transition, load_plan
+from phasegate.policy.durations import format_duration
+from phasegate.policy.plan import DEFAULT_PLAN_PATH, Bound, Phase, Plan, Transition, load_plan
 
 __all__ = ["check_command", "register", "render_summary"]
 

@@ -1,4 +1,4 @@
-"""`phasegate lab up | status | down | gpus | fault | traffic`."""
+"""`phasegate lab up | status | down | gpus | fault | traffic` and `phasegate smoke`."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import argparse
 import json
 from typing import Any
 
-from lab import control
-from phasegate.config import lab_layout
-from phasegate.errors import ConfigError
+from phasegate.cli.api import prefect_api
+from phasegate.errors import ConfigError, LabError
+from phasegate.lab import control
+from phasegate.lab.layout import LabLayout, lab_dir_from_env
+from phasegate.lab.procs import pid_alive
 
-__all__ = ["register"]
+__all__ = ["lab_layout", "register", "run_smoke", "running_lab"]
 
 
 def register(sub: Any) -> None:
@@ -32,6 +34,24 @@ def register(sub: Any) -> None:
     down.add_argument("--purge", action="store_true", help="also delete the lab's data")
     down.set_defaults(handler=_down)
     _register_controls(cmds)
+    smoke = sub.add_parser("smoke", help="run the lab-smoke flow against the running lab")
+    _with_dir(smoke).add_argument("--json", action="store_true")
+    smoke.set_defaults(handler=_smoke)
+
+
+def lab_layout(explicit: str | None = None) -> LabLayout:
+    """The lab directory: --dir, else $PHASEGATE_LAB, else .lab."""
+    return LabLayout(lab_dir_from_env(explicit))
+
+
+def running_lab(layout: LabLayout) -> dict[str, Any] | None:
+    """The lab's status document when its processes are up, else None."""
+    from phasegate.lab.supervisor import load_state
+
+    state = load_state(layout)
+    if not state or not any(pid_alive(int(p)) for p in state.get("processes", {}).values()):
+        return None
+    return state
 
 
 def _register_controls(cmds: Any) -> None:
@@ -65,7 +85,7 @@ def _parse_gpus(text: str) -> dict[str, int]:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from lab.supervisor import UpOptions, up
+    from phasegate.lab.supervisor import UpOptions, up
 
     opts = UpOptions(prefect=not args.no_prefect, gpus=_parse_gpus(args.gpus),
                      traffic_rate=args.traffic, history_days=args.history_days)
@@ -75,7 +95,7 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from lab.supervisor import status
+    from phasegate.lab.supervisor import status
 
     doc = status(lab_layout(args.dir))
     print(json.dumps(doc, indent=2) if args.json else _human(doc))
@@ -104,7 +124,7 @@ def _human(doc: dict[str, Any]) -> str:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from lab.supervisor import down
+    from phasegate.lab.supervisor import down
 
     stopped = down(lab_layout(args.dir), purge=args.purge)
     print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
@@ -144,3 +164,25 @@ def _traffic(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from exc
     print(f"traffic: {args.rate:g} journeys/s")
     return 0
+
+
+def run_smoke(lab_dir: str | None = None) -> dict[str, Any]:
+    """Run `lab-smoke` with the lab's Prefect server as the API; returns what it saw."""
+    layout = lab_layout(lab_dir)
+    if running_lab(layout) is None:
+        raise LabError(f"no running lab in {layout.root}: run `phasegate lab up` first")
+    from phasegate.flows.smoke import smoke
+
+    with prefect_api(lab_dir):
+        return smoke()
+
+
+def _smoke(args: argparse.Namespace) -> int:
+    seen = run_smoke(args.dir)
+    print(json.dumps(seen, indent=2, default=str) if args.json else _table(seen))
+    return 0
+
+
+def _table(seen: dict[str, Any]) -> str:
+    width = max(len(k) for k in seen)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in seen.items())
