@@ -15,7 +15,7 @@ Retries and rollback branch on these types, never on message text::
     │   └── VerificationFailed        an applied change did not read back as intended
     ├── SafetyStop                    a guard refused to act; nothing was changed
     │   ├── ApprovalRejected          an approver said no
-    │   │   └── ApprovalExpired       nobody answered before the approval timeout
+    │   ├── ApprovalExpired           nobody answered before the approval timeout
     │   └── TransitionLocked          another transition holds the lock
     └── LabError                      the embedded lab could not start, or is not running
 
@@ -103,11 +103,12 @@ class SafetyStop(PhasegateError):
 
 
 class ApprovalRejected(SafetyStop):
-    """An approver rejected the transition (or nobody answered: ApprovalExpired)."""
+    """An approver rejected the transition (a person's "no": the run ends cleanly)."""
 
 
-class ApprovalExpired(ApprovalRejected):
-    """Nobody answered the approval before its timeout."""
+class ApprovalExpired(SafetyStop):
+    """Nobody answered the approval before its timeout (not a "no": nobody decided; Prefect
+    ends a timed-out pause Failed)."""
 
 
 class TransitionLocked(SafetyStop):

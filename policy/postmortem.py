@@ -9,11 +9,13 @@ needs to be written").
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from phasegate.policy.outcomes import RunOutcome
 from phasegate.policy.transition import ApprovalAnswer
 
 __all__ = [
@@ -83,6 +85,8 @@ class PostmortemFacts:
     approvals and timeline also take mappings (`ApprovalAnswer.to_dict()` /
     `TimelineEntry.coerce` forms), as the flow and the state store keep them.
     lessons: (what went well, what to improve, watch out next time); blanks when not given.
+    outcome: how the run ended (default: rolled back when there is a rollback reason, else
+    succeeded).
     """
 
     from_phase: int
@@ -102,6 +106,7 @@ class PostmortemFacts:
     run_url: str | None = None
     lessons: Sequence[str] = ()
     action_items: Sequence[str] = ()
+    outcome: RunOutcome | None = None
 
     @property
     def approval_answers(self) -> list[ApprovalAnswer]:
@@ -116,8 +121,15 @@ class PostmortemFacts:
 
     @property
     def rolled_back(self) -> bool:
-        """Whether the transition ended in a rollback."""
+        """Whether the transition ended in a rollback (complete or not)."""
         return self.rollback_reason is not None
+
+    @property
+    def result(self) -> RunOutcome:
+        """How the run ended."""
+        if self.outcome is not None:
+            return self.outcome
+        return RunOutcome.ROLLED_BACK if self.rolled_back else RunOutcome.SUCCEEDED
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (stored with the rendered markdown)."""
@@ -127,17 +139,25 @@ class PostmortemFacts:
             "ended": self.ended.isoformat() if self.ended else None, "owner": self.owner,
             "triggered_conditions": list(self.triggered_conditions),
             "actions": [list(a) for a in self.actions],
-            "metrics": {k: list(v) for k, v in self.metrics.items()},
-            "cost_expected": self.cost_expected, "cost_actual": self.cost_actual,
+            "metrics": {k: [_finite(before), _finite(after), unit]
+                        for k, (before, after, unit) in self.metrics.items()},
+            "cost_expected": _finite(self.cost_expected),
+            "cost_actual": _finite(self.cost_actual),
             "approvals": [a.to_dict() for a in self.approval_answers],
             "timeline": [t.to_dict() for t in self.timeline_entries],
             "problems": list(self.problems),
             "rollback_reason": self.rollback_reason, "run_url": self.run_url,
             "lessons": list(self.lessons), "action_items": list(self.action_items),
+            "outcome": self.result.value,
         }
 
 
 # ---------------------------------------------------------------- formatting
+
+def _finite(value: float | None) -> float | None:
+    """The value, or None when missing, NaN or infinite (JSON has neither; n/a to people)."""
+    return value if value is not None and math.isfinite(value) else None
+
 
 def format_elapsed(start: datetime, end: datetime | None) -> str:
     """"1 h 12 min", "12 min", "2 h", "45 s"; "n/a" without an end or when end < start."""
@@ -152,7 +172,8 @@ def format_elapsed(start: datetime, end: datetime | None) -> str:
 
 
 def percent_change(before: float | None, after: float | None) -> str:
-    """"+12.5%" / "-57.1%" / "0.0%"; "n/a" when either is missing or before is 0."""
+    """"+12.5%" / "-57.1%" / "0.0%"; "n/a" when either is missing (or NaN) or before is 0."""
+    before, after = _finite(before), _finite(after)
     if before is None or after is None or before == 0:
         return "n/a"
     return f"{100.0 * (after - before) / abs(before):+.1f}%".replace("+0.0%", "0.0%")
@@ -164,6 +185,7 @@ def _number(value: float) -> str:
 
 def _amount(value: float | None, unit: str) -> str:
     """"420ms", "72.5%", "3 req/s" (the template writes ms and % without a space)."""
+    value = _finite(value)
     if value is None:
         return "n/a"
     return f"{_number(value)}{unit}" if unit in ("ms", "s", "%") else f"{_number(value)} {unit}"
@@ -171,6 +193,7 @@ def _amount(value: float | None, unit: str) -> str:
 
 def _usd(value: float | None) -> str:
     """"$180", "$175.50", "-$4.50", "n/a"."""
+    value = _finite(value)
     if value is None:
         return "n/a"
     sign, value = ("-" if value < 0 else ""), abs(value)
@@ -244,6 +267,7 @@ def _performance(metrics: Mapping[str, tuple[float | None, float | None, str]]) 
 
 
 def _cost(expected: float | None, actual: float | None) -> list[str]:
+    expected, actual = _finite(expected), _finite(actual)
     difference = None if expected is None or actual is None else actual - expected
     return ["### Cost change", f"- Expected: {_usd(expected)}/month",
             f"- Actual: {_usd(actual)}/month", f"- Difference: {_usd(difference)}/month"]
@@ -295,8 +319,10 @@ def render_incident(facts: PostmortemFacts) -> str:
         "## Summary",
         f"- Date: {facts.started.date().isoformat()}",
         f"- Owner: @{facts.owner.lstrip('@')}",
-        f"- Transition: phase {facts.from_phase} → {facts.to_phase}, rolled back to phase "
-        f"{facts.from_phase}",
+        f"- Transition: phase {facts.from_phase} → {facts.to_phase}, " + (
+            f"rolled back to phase {facts.from_phase}"
+            if facts.result is not RunOutcome.ROLLBACK_INCOMPLETE else
+            "rollback INCOMPLETE: restore the rest by hand (see Problems)"),
         f"- Reason: {reason}",
         f"- Time from start to restored: {format_elapsed(facts.started, facts.ended)}",
     ] + ([f"- Flow run: {facts.run_url}"] if facts.run_url else [])

@@ -5,7 +5,8 @@ and returns frozen, JSON-ready dataclasses; no clock, no I/O.
 
 - `check_step` refuses anything but one step up, or one planned step down.
 - `plan_changes` compares two phases: GPUs per host, the vLLM containers (placement by
-  `vllm_containers`, argv by `docker_run_args`), Cloud Run fields, Redis memory, monthly cost.
+  `vllm_containers`, as `policy.containers.Container`), Cloud Run fields, Redis memory,
+  monthly cost.
   `ChangeSet.describe()` gives the human lines of the approval form.
 - `approval_outcome` tallies the approval answers: every plan role must approve, by distinct
   people; one rejection ends it; answers that break a rule are refused with a reason.
@@ -23,27 +24,23 @@ from datetime import datetime
 from typing import Any, Literal
 
 from phasegate.errors import SafetyStop
+from phasegate.policy.containers import DEFAULT_HOST_PORT, Container, Gpus, replica_name
 from phasegate.policy.plan import CloudRun, Phase, Plan, Redis, Vllm
 
 __all__ = [
-    "CONTAINER_PORT",
-    "DEFAULT_BASE_PORT",
-    "MODELS_MOUNT",
     "ROLLBACK_ORDER",
-    "VLLM_NAME",
     "ApprovalAnswer",
     "ApprovalDecision",
     "ApprovalStatus",
     "ChangeSet",
-    "ContainerSpec",
     "Direction",
     "FinancialCheck",
     "FinancialItem",
     "HostGpus",
     "approval_outcome",
     "check_step",
+    "next_phase",
     "cloud_run_settings",
-    "docker_run_args",
     "financial_check",
     "format_redis_bytes",
     "plan_changes",
@@ -56,10 +53,6 @@ __all__ = [
 Direction = Literal["up", "down"]
 ApprovalStatus = Literal["approved", "rejected", "pending", "invalid"]
 
-VLLM_NAME = "vllm-server"          # the seed's container name
-CONTAINER_PORT = 8000              # vLLM's default port inside the container
-DEFAULT_BASE_PORT = 8000           # the seed's `-p 8000:8000`
-MODELS_MOUNT = "/models:/models"   # the seed's `-v /models:/models`
 # The order a failed transition restores its changes in (the seed's rollback script: vLLM
 # first, so the known-good servers answer again; then Cloud Run; then Redis), whatever order
 # they were applied in.
@@ -90,6 +83,19 @@ def check_step(current: int, target: int, phases: Iterable[int]) -> Direction:
                      f"one step at a time ({' or '.join(allowed)})")
 
 
+def next_phase(current: int, phases: Iterable[int]) -> int:
+    """The phase after `current` (a run started without a target goes there). Raises
+    SafetyStop in the plan's last phase: a step down is only ever asked for by name."""
+    known = sorted(set(phases))
+    if current not in known:
+        raise SafetyStop(f"current phase {current} is not in the plan "
+                         f"(phases: {', '.join(map(str, known)) or 'none'})")
+    if current + 1 not in known:
+        raise SafetyStop(f"phase {current} is the plan's last: no next phase (a step down "
+                         f"needs its target, e.g. {current - 1})")
+    return current + 1
+
+
 # ---------------------------------------------------------------- Redis sizes
 
 # redis.conf: "1k => 1000 bytes, 1kb => 1024 bytes, 1m => 1000000 bytes, 1mb => 1024*1024
@@ -117,46 +123,6 @@ def format_redis_bytes(size: int) -> str:
 
 # ---------------------------------------------------------------- containers
 
-@dataclass(frozen=True)
-class ContainerSpec:
-    """One vLLM container: where it runs, on which GPUs and ports, with which vLLM args."""
-
-    host: str
-    name: str
-    image: str
-    gpus: tuple[int, ...]
-    host_port: int
-    args: tuple[str, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {"host": self.host, "name": self.name, "image": self.image,
-                "gpus": list(self.gpus), "host_port": self.host_port, "args": list(self.args)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ContainerSpec:
-        """Inverse of `to_dict`."""
-        return cls(str(data["host"]), str(data["name"]), str(data["image"]),
-                   tuple(int(g) for g in data["gpus"]), int(data["host_port"]),
-                   tuple(str(a) for a in data["args"]))
-
-    @classmethod
-    def from_inspect(cls, data: Mapping[str, Any], host: str | None = None) -> ContainerSpec:
-        """From a snapshot entry (tasks.gpu_hosts.container_spec: name, image, args, gpus,
-        host_port; extra keys such as `running` ignored). `host` overrides data["host"]."""
-        return cls.from_dict({**data, "host": host if host is not None else data["host"]})
-
-    @property
-    def served_model_name(self) -> str:
-        """The --served-model-name argument (else --model), for the completion check."""
-        opts = dict(zip(self.args[::2], self.args[1::2], strict=False))
-        return opts.get("--served-model-name") or opts.get("--model", "")
-
-    def docker_args(self) -> list[str]:
-        """`docker_run_args(self)`."""
-        return docker_run_args(self)
-
-
 def vllm_args(vllm: Vllm) -> list[str]:
     """vLLM's OpenAI server CLI arguments for the plan's vLLM settings."""
     return ["--model", vllm.model_path, "--served-model-name", vllm.served_model_name,
@@ -166,13 +132,8 @@ def vllm_args(vllm: Vllm) -> list[str]:
             "--max-model-len", str(vllm.max_model_len)]
 
 
-def _container_name(index_on_host: int) -> str:
-    # The first keeps the seed's name, so its scripts and habits still find it.
-    return VLLM_NAME if index_on_host == 0 else f"{VLLM_NAME}-{index_on_host}"
-
-
 def vllm_containers(plan: Plan, phase: int,
-                    base_port: Mapping[str, int] | None = None) -> list[ContainerSpec]:
+                    base_port: Mapping[str, int] | None = None) -> list[Container]:
     """The phase's vLLM containers: `replicas` engines of TP x PP GPUs each.
 
     Hosts are filled in plan order, each replica on one host with contiguous device indices
@@ -183,28 +144,14 @@ def vllm_containers(plan: Plan, phase: int,
     spec = plan.phase(phase)
     size, args = spec.vllm.gpus_per_replica, tuple(vllm_args(spec.vllm))
     ports = base_port or {}
-    out: list[ContainerSpec] = []
+    out: list[Container] = []
     for host in spec.gpu_hosts:
         for k in range(min(host.gpus // size, spec.vllm.replicas - len(out))):
-            out.append(ContainerSpec(
-                host.name, _container_name(k), spec.vllm.image,
-                tuple(range(k * size, (k + 1) * size)),
-                ports.get(host.name, DEFAULT_BASE_PORT) + k, args))
+            out.append(Container(
+                host.name, replica_name(k), spec.vllm.image, args,
+                Gpus.of(*range(k * size, (k + 1) * size)),
+                ports.get(host.name, DEFAULT_HOST_PORT) + k))
     return out
-
-
-def docker_run_args(spec: ContainerSpec) -> list[str]:
-    """The argv after `docker` that starts `spec` (real docker and the lab's shim).
-
-    `--gpus` takes a CSV value: unquoted, "device=0,1" would read as device=0 plus a count of
-    1 (docker refuses both), so the element carries the double quotes, as the seed's
-    `--gpus '"device=0"'`. `--ipc host`: vLLM's tensor-parallel workers share tensors through
-    /dev/shm, which docker limits to 64 MB by default (vLLM's docker docs).
-    """
-    devices = ",".join(str(g) for g in spec.gpus)
-    return ["run", "-d", "--name", spec.name, "--gpus", f'"device={devices}"',
-            "--restart", "always", "--ipc", "host", "-p", f"{spec.host_port}:{CONTAINER_PORT}",
-            "-v", MODELS_MOUNT, spec.image, *spec.args]
 
 
 # ---------------------------------------------------------------- Cloud Run and Redis
@@ -246,8 +193,8 @@ class ChangeSet:
     to_phase: int
     direction: Direction
     gpu_hosts: tuple[HostGpus, ...]
-    containers_before: tuple[ContainerSpec, ...]
-    containers_after: tuple[ContainerSpec, ...]
+    containers_before: tuple[Container, ...]
+    containers_after: tuple[Container, ...]
     cloud_run_before: dict[str, Any]
     cloud_run_after: dict[str, Any]
     redis_before: dict[str, Any]
@@ -255,16 +202,6 @@ class ChangeSet:
     cost_before_usd: float
     cost_after_usd: float
     manual: tuple[str, ...] = ()
-
-    @property
-    def vllm_before(self) -> tuple[ContainerSpec, ...]:
-        """The vLLM containers of the from-phase."""
-        return self.containers_before
-
-    @property
-    def vllm_after(self) -> tuple[ContainerSpec, ...]:
-        """The vLLM containers of the to-phase."""
-        return self.containers_after
 
     def vllm_summary(self, before: bool) -> str:
         """One line for the before (or after) layout: "gpu-1: 1 x TP2 (GPUs 0,1)"."""
@@ -354,17 +291,17 @@ def _layout(args: Sequence[str]) -> str:
     return f"TP{opts.get('--tensor-parallel-size', '?')}" + (f" x PP{pp}" if pp != "1" else "")
 
 
-def _host_layout(specs: Sequence[ContainerSpec]) -> str:
+def _host_layout(specs: Sequence[Container]) -> str:
     """"1 x TP2 (GPUs 0,1)", "3 x TP1 (GPUs 0,1,2)", "none"."""
     if not specs:
         return "none"
-    gpus = sorted({g for s in specs for g in s.gpus})
+    gpus = sorted({g for s in specs if s.gpus for g in (s.gpus.indices or ())})
     word = "GPU" if len(gpus) == 1 else "GPUs"
     layouts = " + ".join(dict.fromkeys(_layout(s.args) for s in specs))
     return f"{len(specs)} x {layouts} ({word} {','.join(map(str, gpus))})"
 
 
-def _vllm_lines(before: Sequence[ContainerSpec], after: Sequence[ContainerSpec]) -> list[str]:
+def _vllm_lines(before: Sequence[Container], after: Sequence[Container]) -> list[str]:
     lines = []
     for host in dict.fromkeys([c.host for c in (*before, *after)]):
         old = [c for c in before if c.host == host]
@@ -444,11 +381,6 @@ class ApprovalDecision:
     missing_roles: tuple[str, ...]
     approved_by: tuple[tuple[str, str], ...] = ()
     refused: tuple[tuple[str, str, str], ...] = ()
-
-    @property
-    def missing(self) -> tuple[str, ...]:
-        """Alias of `missing_roles`."""
-        return self.missing_roles
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

@@ -25,6 +25,14 @@ def test_only_transient_errors_are_retryable(exc: BaseException, retryable: bool
     assert errors.is_retryable(exc) is retryable
 
 
+def test_expired_and_rejected_approvals_are_siblings() -> None:
+    # Neither is a kind of the other, so `except` order cannot turn an expiry into a "no".
+    assert not issubclass(errors.ApprovalExpired, errors.ApprovalRejected)
+    assert not issubclass(errors.ApprovalRejected, errors.ApprovalExpired)
+    assert issubclass(errors.ApprovalExpired, errors.SafetyStop)
+    assert issubclass(errors.ApprovalRejected, errors.SafetyStop)
+
+
 def test_plan_error_lists_every_problem() -> None:
     err = errors.PlanError([("phases[0].gpus", "must be > 0"), ("version", "missing")])
     assert "phases[0].gpus: must be > 0" in str(err) and "version: missing" in str(err)

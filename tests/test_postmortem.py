@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from phasegate.policy.outcomes import RunOutcome
 from phasegate.policy.postmortem import (
     PostmortemFacts,
     TimelineEntry,
@@ -159,6 +160,33 @@ def test_facts_are_json_ready() -> None:
     assert data["metrics"]["API p95"] == [420.0, 180.0, "ms"]
     assert data["timeline"][0]["ended"] == "2025-11-20T09:00:02+00:00"
     assert data["approvals"][1]["name"] == "bob"
+    assert data["outcome"] == "succeeded"
+
+
+def test_unmeasurable_values_are_null_in_json_and_na_for_people() -> None:
+    # Prometheus answers NaN for a rate over no samples (the LLM queue with no requests).
+    facts = dataclasses.replace(FACTS, metrics={"LLM queue p95": (0.285, float("nan"), "s"),
+                                                "API p95": (float("inf"), 180.0, "ms")},
+                                cost_actual=float("nan"))
+    data = json.loads(json.dumps(facts.to_dict(), allow_nan=False))  # PostgreSQL's jsonb too
+    assert data["metrics"] == {"LLM queue p95": [0.285, None, "s"],
+                               "API p95": [None, 180.0, "ms"]}
+    assert data["cost_actual"] is None
+    text = render_postmortem(facts)
+    assert "- LLM queue p95: 0.28s → n/a (n/a)" in text
+    assert "- API p95: n/a → 180ms (n/a)" in text
+
+
+@pytest.mark.parametrize(("outcome", "line"), [
+    (RunOutcome.ROLLED_BACK, "- Transition: phase 1 → 2, rolled back to phase 1"),
+    (RunOutcome.ROLLBACK_INCOMPLETE,
+     "- Transition: phase 1 → 2, rollback INCOMPLETE: restore the rest by hand (see Problems)"),
+])
+def test_the_incident_says_whether_the_rollback_completed(outcome: RunOutcome,
+                                                           line: str) -> None:
+    facts = dataclasses.replace(FACTS, rollback_reason="load test failed", outcome=outcome)
+    assert line in render_incident(facts).splitlines()
+    assert facts.to_dict()["outcome"] == outcome.value
 
 
 def test_timeline_and_approvals_from_mappings() -> None:

@@ -9,18 +9,18 @@ import pytest
 
 from phasegate.errors import SafetyStop
 from phasegate.lab.gpuhost.docker import _parse_gpus, _parse_run
+from phasegate.policy.containers import Container, Gpus
 from phasegate.policy.plan import Plan, load_plan
 from phasegate.policy.transition import (
     ApprovalAnswer,
     ChangeSet,
-    ContainerSpec,
     HostGpus,
     approval_outcome,
     check_step,
     cloud_run_settings,
-    docker_run_args,
     financial_check,
     format_redis_bytes,
+    next_phase,
     plan_changes,
     redis_bytes,
     vllm_args,
@@ -37,6 +37,21 @@ PHASES = [1, 2, 3, 4, 5]
 
 
 # ---------------------------------------------------------------- check_step
+
+@pytest.mark.parametrize(("current", "expected"), [(1, 2), (2, 3), (4, 5)])
+def test_next_phase_is_one_up(current: int, expected: int) -> None:
+    assert next_phase(current, PHASES) == expected
+
+
+@pytest.mark.parametrize(("current", "message"), [
+    (5, "phase 5 is the plan's last: no next phase (a step down needs its target, e.g. 4)"),
+    (9, "current phase 9 is not in the plan (phases: 1, 2, 3, 4, 5)"),
+])
+def test_next_phase_refuses(current: int, message: str) -> None:
+    with pytest.raises(SafetyStop) as caught:
+        next_phase(current, PHASES)
+    assert str(caught.value) == message
+
 
 @pytest.mark.parametrize(("current", "target", "direction"), [
     (1, 2, "up"), (2, 3, "up"), (4, 5, "up"), (2, 1, "down"), (5, 4, "down"),
@@ -109,7 +124,7 @@ def test_vllm_args(plan: Plan) -> None:
 def test_vllm_containers_placement(plan: Plan, phase: int,
                                    expected: list[tuple[str, str, tuple[int, ...], int]]) -> None:
     specs = vllm_containers(plan, phase, {"gpu-1": 8000, "gpu-2": 9000})
-    assert [(s.host, s.name, s.gpus, s.host_port) for s in specs] == expected
+    assert [(s.host, s.name, s.gpus and s.gpus.indices, s.host_port) for s in specs] == expected
     assert {s.image for s in specs} == {"vllm/vllm-openai:latest"}
 
 
@@ -117,9 +132,9 @@ def test_vllm_containers_default_port_is_the_seeds(plan: Plan) -> None:
     assert [s.host_port for s in vllm_containers(plan, 4)] == [8000, 8001, 8000, 8001]
 
 
-def test_docker_run_args_exact(plan: Plan) -> None:
+def test_run_argv_exact(plan: Plan) -> None:
     spec = vllm_containers(plan, 2, {"gpu-1": 18000})[0]
-    assert docker_run_args(spec) == [
+    assert spec.run_argv() == [
         "run", "-d", "--name", "vllm-server", "--gpus", '"device=0,1"', "--restart", "always",
         "--ipc", "host", "-p", "18000:8000", "-v", "/models:/models", "vllm/vllm-openai:latest",
         "--model", "/models/Llama-2-13b-chat-hf", "--served-model-name", "Llama-2-13b-chat-hf",
@@ -131,10 +146,10 @@ def test_docker_run_args_exact(plan: Plan) -> None:
 @pytest.mark.parametrize(("phase", "index", "devices"), [
     (1, 0, ["0"]), (2, 0, ["0", "1"]), (3, 2, ["2"]), (4, 3, ["1"]),
 ])
-def test_docker_run_args_accepted_by_the_lab_shim(plan: Plan, phase: int, index: int,
-                                                  devices: list[str]) -> None:
+def test_run_argv_accepted_by_the_lab_shim(plan: Plan, phase: int, index: int,
+                                           devices: list[str]) -> None:
     spec = vllm_containers(plan, phase)[index]
-    argv = docker_run_args(spec)
+    argv = spec.run_argv()
     opts, flags, image, args = _parse_run(argv[1:])
     assert argv[0] == "run" and flags == {"-d"} and image == spec.image
     assert args == list(spec.args)
@@ -143,10 +158,11 @@ def test_docker_run_args_accepted_by_the_lab_shim(plan: Plan, phase: int, index:
     assert _parse_gpus(opts["--gpus"][0]) == (None, devices)
 
 
-def test_container_spec_round_trip(plan: Plan) -> None:
+def test_planned_container_round_trips(plan: Plan) -> None:
     spec = vllm_containers(plan, 3)[1]
     data = json.loads(json.dumps(spec.to_dict()))
-    assert ContainerSpec.from_dict(data) == spec
+    assert Container.from_dict(data) == spec
+    assert Container.from_run_argv(spec.host, spec.run_argv()) == spec
 
 
 # ---------------------------------------------------------------- change sets (the real plan)
@@ -169,7 +185,7 @@ def test_change_set_1_to_2(plan: Plan) -> None:
     assert changes.redis_before == {"maxmemory": 4 * 1024**3, "maxmemory_policy": "volatile-lru"}
     assert changes.redis_after == {"maxmemory": 17179869184, "maxmemory_policy": "allkeys-lru"}
     assert (changes.cost_before_usd, changes.cost_after_usd) == (100.0, 180.0)
-    assert [c.gpus for c in changes.containers_after] == [(0, 1)]
+    assert [c.gpus for c in changes.containers_after] == [Gpus.of(0, 1)]
     json.dumps(changes.to_dict())   # JSON-ready
 
 
@@ -220,7 +236,7 @@ def test_plan_changes_refuses_a_skip(plan: Plan) -> None:
 
 def test_describe_unchanged_parts_and_pipeline_layout(plan: Plan) -> None:
     args = ("--tensor-parallel-size", "1", "--pipeline-parallel-size", "2")
-    same = ContainerSpec("gpu-1", "vllm-server", "img", (0, 1), 8000, args)
+    same = Container("gpu-1", "vllm-server", "img", args, Gpus.of(0, 1), 8000)
     cloud = cloud_run_settings(plan.phase(2).cloud_run)
     redis = {"maxmemory": 1024, "maxmemory_policy": "allkeys-lru"}
     changes = ChangeSet(2, 3, "up", (HostGpus("gpu-1", 2, 2),), (same,), (same,),
@@ -286,7 +302,6 @@ def test_approval_outcome(answers: list[ApprovalAnswer], status: str, message: s
     decision = approval_outcome(answers, ROLES, distinct_people=True)
     assert (decision.status, decision.message, decision.missing_roles) == (
         status, message, missing)
-    assert decision.missing == missing
     json.dumps(decision.to_dict())
 
 
@@ -353,15 +368,7 @@ def test_financial_check_details(inputs: tuple[float | None, ...], details: list
 
 def test_flow_helpers(plan: Plan) -> None:
     changes = plan_changes(plan, 3, 4)
-    assert changes.vllm_before == changes.containers_before
-    assert changes.vllm_after == changes.containers_after
     assert changes.vllm_summary(before=True) == "gpu-1: 3 x TP1 (GPUs 0,1,2)"
     assert changes.vllm_summary(before=False) == (
         "gpu-1: 2 x TP1 (GPUs 0,1); gpu-2: 2 x TP1 (GPUs 0,1)")
-    spec = changes.vllm_after[0]
-    assert spec.served_model_name == "Llama-2-13b-chat-hf"
-    assert spec.docker_args() == docker_run_args(spec)
-    snapshot = {**spec.to_dict(), "running": True}
-    assert ContainerSpec.from_inspect(snapshot) == spec
-    del snapshot["host"]
-    assert ContainerSpec.from_inspect(snapshot, host="gpu-1") == spec
+    assert changes.containers_after[0].served_model == "Llama-2-13b-chat-hf"
