@@ -26,8 +26,7 @@ from urllib3.util.retry import Retry
 from phasegate.constants import VLLM_URLS_ENV
 
 __all__ = ["GcpConnection", "GpuHost", "HttpEndpoint", "PostgresConnection",
-           "PrometheusConnection", "load_block",
-           "RedisConnection"]
+           "PrometheusConnection", "RedisConnection", "ReportStore", "load_block"]
 
 
 class PostgresConnection(Block):
@@ -206,6 +205,16 @@ class GcpConnection(Block):
         """Compute zone operations client: wait on operations with it, never with
         ExtendedOperation.result() (that polls Google whatever the endpoint)."""
         return compute_v1.ZoneOperationsClient(**self._options())
+
+
+class ReportStore(Block):
+    """Where a transition writes its reports and database dumps, on the machine it runs on
+    (a worker). Never under the code's checkout: size `backups_dir` for `pg_dump -Fc` of the
+    app database, and keep it off the database server's disk."""
+
+    _block_type_name = "phasegate report store"
+    reports_dir: str = Field(description="Postmortems and incident reports (markdown).")
+    backups_dir: str = Field(description="Database dumps taken before each transition.")
 
 
 B = TypeVar("B", bound=Block)

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from prefect import task
 from psycopg import sql
 
 from phasegate.blocks.systems import GpuHost, PostgresConnection
@@ -30,7 +29,7 @@ from phasegate.errors import (
 )
 from phasegate.tasks.gpu_hosts import run_remote
 from phasegate.tasks.postgres import MAIN_TABLES
-from phasegate.tasks.retrying import only_transient
+from phasegate.tasks.retrying import transient_retries
 
 __all__ = ["DatabaseBackup", "ModelArchive", "archive_models", "backup_database"]
 
@@ -137,7 +136,7 @@ def _scratch_database(pg: PostgresConnection, name: str) -> Iterator[PostgresCon
                 sql.Identifier(name)))
 
 
-@task(retries=1, retry_delay_seconds=[3], retry_condition_fn=only_transient)
+@transient_retries(1, [3])
 def backup_database(pg: PostgresConnection, dest_dir: Path,
                     tables: tuple[str, ...] = MAIN_TABLES,
                     timeout_s: float = 1800.0) -> DatabaseBackup:
@@ -175,7 +174,7 @@ def _remote_int(host: GpuHost, argv: list[str], column: int) -> int:
     return int(line.split()[column])
 
 
-@task(retries=1, retry_delay_seconds=[3], retry_condition_fn=only_transient)
+@transient_retries(1, [3])
 def archive_models(host: GpuHost, models_dir: str, dest: str, archive_name: str | None = None,
                    required_factor: float = 1.1, timeout_s: float = 3600.0) -> ModelArchive:
     """Archive `models_dir` on `host` as `dest`/`archive_name` (default

@@ -9,11 +9,10 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import run_v2
 from google.protobuf import field_mask_pb2
-from prefect import task
 
 from phasegate.blocks.systems import GcpConnection
 from phasegate.errors import ConfigError, PreconditionFailed, RemoteTimeout, VerificationFailed
-from phasegate.tasks.retrying import only_transient
+from phasegate.tasks.retrying import retried
 
 __all__ = ["SETTING_MASKS", "apply_service_settings", "read_service_settings"]
 
@@ -58,7 +57,7 @@ def _url_list(value: str | list[str]) -> list[str]:
     return [str(u).strip().rstrip("/") for u in items if str(u).strip()]
 
 
-@task(retries=2, retry_delay_seconds=[1, 3], retry_condition_fn=only_transient)
+@retried
 def read_service_settings(gcp: GcpConnection) -> dict[str, Any]:
     """The fields a phase changes: min/max instances, concurrency, timeout, cpu, memory, and
     the vLLM URLs the API is routed to (`vllm_urls`, when the Block names their env var)."""
@@ -124,7 +123,7 @@ def _update(gcp: GcpConnection, client: run_v2.ServicesClient, svc: run_v2.Servi
         raise RemoteTimeout(f"Cloud Run {gcp.service_name} update: {exc}") from exc
 
 
-@task(retries=2, retry_delay_seconds=[1, 3], retry_condition_fn=only_transient)
+@retried
 def apply_service_settings(gcp: GcpConnection, settings: dict[str, Any],
                            timeout_s: float = 300.0) -> dict[str, Any]:
     """Make the Cloud Run service's settings (keys of SETTING_MASKS, any subset; a

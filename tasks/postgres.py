@@ -5,12 +5,11 @@ from __future__ import annotations
 from datetime import date, datetime
 
 import psycopg
-from prefect import task
 from psycopg import sql
 
 from phasegate.blocks.systems import PostgresConnection
 from phasegate.errors import SourceUnavailable
-from phasegate.tasks.retrying import only_transient
+from phasegate.tasks.retrying import retried
 
 __all__ = ["MAIN_TABLES", "count_rows", "monthly_revenue", "sql_day_rows"]
 
@@ -18,7 +17,7 @@ MAIN_TABLES = ("users", "daily_active_users", "subscriptions", "payments", "feed
                "nps_responses")
 
 
-@task(retries=2, retry_delay_seconds=[1, 3], retry_condition_fn=only_transient)
+@retried
 def count_rows(pg: PostgresConnection, tables: tuple[str, ...] = MAIN_TABLES) -> dict[str, int]:
     """Row count of each table of the app database."""
     try:
@@ -30,7 +29,7 @@ def count_rows(pg: PostgresConnection, tables: tuple[str, ...] = MAIN_TABLES) ->
         raise SourceUnavailable(f"PostgreSQL {pg.host}:{pg.port}: {exc}") from exc
 
 
-@task(retries=2, retry_delay_seconds=[1, 3], retry_condition_fn=only_transient)
+@retried
 def sql_day_rows(pg: PostgresConnection, query: str, start: datetime, end: datetime,
                  tz: str) -> list[tuple[date, float | None]]:
     """Run one of the plan's SQL conditions: rows (local day, value) for [start, end).
@@ -46,7 +45,7 @@ def sql_day_rows(pg: PostgresConnection, query: str, start: datetime, end: datet
     return [(r[0], None if r[1] is None else float(r[1])) for r in rows]
 
 
-@task(retries=2, retry_delay_seconds=[1, 3], retry_condition_fn=only_transient)
+@retried
 def monthly_revenue(pg: PostgresConnection) -> float | None:
     """Succeeded payments of the last 30 days (USD), the seed's "monthly revenue"."""
     try:

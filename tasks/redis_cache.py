@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from prefect import task
 
 from phasegate.blocks.systems import RedisConnection
 from phasegate.errors import (
@@ -14,12 +13,12 @@ from phasegate.errors import (
     SourceUnavailable,
     VerificationFailed,
 )
-from phasegate.tasks.retrying import only_transient
+from phasegate.tasks.retrying import retried
 
 __all__ = ["apply_memory_config", "read_memory_config"]
 
 
-@task(retries=2, retry_delay_seconds=[1, 3], retry_condition_fn=only_transient)
+@retried
 def read_memory_config(rc: RedisConnection) -> dict[str, Any]:
     """{version, maxmemory (bytes), maxmemory_policy, used_memory (bytes)} via CONFIG GET/INFO."""
     try:
@@ -39,7 +38,7 @@ def _memory_settings(client: redis.Redis) -> dict[str, Any]:
             "maxmemory_policy": cfg["maxmemory-policy"]}
 
 
-@task(retries=2, retry_delay_seconds=[1, 3], retry_condition_fn=only_transient)
+@retried
 def apply_memory_config(rc: RedisConnection, maxmemory_bytes: int,
                         policy: str) -> dict[str, Any]:
     """Make Redis's maxmemory `maxmemory_bytes` and maxmemory-policy `policy`.

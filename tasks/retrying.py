@@ -1,12 +1,23 @@
-"""The one retry predicate tasks give Prefect: retry TransientError, nothing else."""
+"""Retries: only a TransientError is retried, and one decorator says so.
+
+`@retried` is Prefect's `@task` with two retries (after 1 s and 3 s) that fire only for a
+`TransientError` (phasegate.errors): reads are safe to repeat, and every change checks first
+whether it already happened. `transient_retries(n, delays)` is the same with other numbers.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, ParamSpec, TypeVar
+
+from prefect import Task, task
 
 from phasegate.errors import is_retryable
 
-__all__ = ["only_transient"]
+__all__ = ["only_transient", "retried", "transient_retries"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def only_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -17,3 +28,13 @@ def only_transient(task: Any, task_run: Any, state: Any) -> bool:
     except Exception as exc:  # noqa: BLE001 - the type decides
         return is_retryable(exc)
     return False
+
+
+def transient_retries(retries: int = 2, delays_s: Sequence[float] = (1.0, 3.0)
+                      ) -> Callable[[Callable[P, R]], Task[P, R]]:
+    """A `@task` decorator retrying TransientError only, `retries` times after `delays_s`."""
+    return task(retries=retries, retry_delay_seconds=list(delays_s),
+                retry_condition_fn=only_transient)
+
+
+retried = transient_retries()

@@ -17,6 +17,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
 from phasegate.errors import TransitionLocked
+from phasegate.policy.outcomes import RunOutcome
 
 __all__ = ["SCHEMA_SQL", "TRANSITION_LOCK_KEY", "Snapshot", "append_audit",
            "create_state_schema", "last_trigger_report", "last_trigger_state",
@@ -29,6 +30,8 @@ __all__ = ["SCHEMA_SQL", "TRANSITION_LOCK_KEY", "Snapshot", "append_audit",
 # pg_try_advisory_lock key of "a phase transition runs" (any fixed bigint; this one is
 # int.from_bytes(b"phasegat") so that it cannot collide with small ad-hoc keys).
 TRANSITION_LOCK_KEY = 0x7068617365676174
+
+_OUTCOMES = ", ".join(f"'{o.value}'" for o in RunOutcome)
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS phase_state (
@@ -78,9 +81,11 @@ CREATE TABLE IF NOT EXISTS snapshots (
 );
 CREATE INDEX IF NOT EXISTS snapshots_component ON snapshots (component, at DESC);
 -- to_phase: where the run was going. outcome: NULL while its run has not ended (a run whose
--- process died leaves it NULL: the next run from the same phase resumes from this snapshot).
+-- process died leaves it NULL: the next run from the same phase resumes from this snapshot),
+-- then a policy.outcomes.RunOutcome value; outcome_detail says more (who resumed, problems).
 ALTER TABLE snapshots ADD COLUMN IF NOT EXISTS to_phase int;
 ALTER TABLE snapshots ADD COLUMN IF NOT EXISTS outcome text;
+ALTER TABLE snapshots ADD COLUMN IF NOT EXISTS outcome_detail text;
 
 -- The Prefect concurrency-slot leases transitions took: a run that dies keeps its slot until
 -- the lease expires; the next run (holding the transition lock, so sure the holder is dead)
@@ -110,11 +115,24 @@ CREATE TABLE IF NOT EXISTS postmortems (
     flow_run_id text,
     from_phase  int NOT NULL,
     to_phase    int NOT NULL,
-    outcome     text NOT NULL,      -- e.g. succeeded | rolled-back | failed
+    outcome     text NOT NULL,      -- a policy.outcomes.RunOutcome value
     markdown    text NOT NULL,
-    facts       jsonb NOT NULL
+    facts       jsonb NOT NULL      -- policy.postmortem.PostmortemFacts.to_dict()
 );
-"""
+
+-- Outcomes are RunOutcome values. NOT VALID: rows written before the enum are left as they
+-- are; every new row is checked.
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'snapshots_outcome_known') THEN
+    ALTER TABLE snapshots ADD CONSTRAINT snapshots_outcome_known
+      CHECK (outcome IS NULL OR outcome IN (%(outcomes)s)) NOT VALID;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'postmortems_outcome_known') THEN
+    ALTER TABLE postmortems ADD CONSTRAINT postmortems_outcome_known
+      CHECK (outcome IN (%(outcomes)s)) NOT VALID;
+  END IF;
+END $$;
+""".replace("%(outcomes)s", _OUTCOMES)
 
 
 def create_state_schema(conn: psycopg.Connection[Any]) -> None:
@@ -256,11 +274,14 @@ def save_snapshot(conn: psycopg.Connection[Any], flow_run_id: str, phase: int, c
     return int(row[0])
 
 
-def close_snapshots(conn: psycopg.Connection[Any], flow_run_id: str, outcome: str) -> int:
-    """Record how the run that took these snapshots ended (succeeded, rolled back, resumed by
-    ..., restored by ...); how many rows it closed. Closed snapshots are never resumed from."""
-    cur = conn.execute("UPDATE snapshots SET outcome = %s WHERE flow_run_id = %s"
-                       " AND outcome IS NULL", (outcome, flow_run_id))
+def close_snapshots(conn: psycopg.Connection[Any], flow_run_id: str, outcome: RunOutcome,
+                    detail: str = "") -> int:
+    """Record how the run that took these snapshots ended (`detail`: who resumed or restored
+    it, what could not be restored); how many rows it closed. Closed snapshots are never
+    resumed from."""
+    cur = conn.execute("UPDATE snapshots SET outcome = %s, outcome_detail = %s"
+                       " WHERE flow_run_id = %s AND outcome IS NULL",
+                       (RunOutcome(outcome).value, detail, flow_run_id))
     conn.commit()
     return cur.rowcount
 
@@ -334,13 +355,14 @@ def list_approvals(conn: psycopg.Connection[Any], flow_run_id: str) -> list[dict
 
 
 def save_postmortem(conn: psycopg.Connection[Any], flow_run_id: str | None, from_phase: int,
-                    to_phase: int, outcome: str, markdown: str,
+                    to_phase: int, outcome: RunOutcome, markdown: str,
                     facts: dict[str, Any]) -> int:
     """Store one postmortem (or incident report) with the facts it was rendered from."""
     row = conn.execute(
         "INSERT INTO postmortems (flow_run_id, from_phase, to_phase, outcome, markdown, facts)"
         " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
-        (flow_run_id, from_phase, to_phase, outcome, markdown, Jsonb(facts))).fetchone()
+        (flow_run_id, from_phase, to_phase, RunOutcome(outcome).value, markdown,
+         Jsonb(facts))).fetchone()
     conn.commit()
     assert row is not None
     return int(row[0])

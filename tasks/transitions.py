@@ -32,7 +32,7 @@ from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.states import Crashed
 
 from phasegate.errors import PreconditionFailed, RemoteTimeout
-from phasegate.tasks.retrying import only_transient
+from phasegate.tasks.retrying import retried
 
 __all__ = ["TRANSITION_DEPLOYMENT", "TRANSITION_LIMIT", "create_transition_run",
            "give_back_slot", "keep_slot", "mark_crashed", "open_transition_runs", "take_slot"]
@@ -71,7 +71,7 @@ def create_transition_run(to_phase: int, reason: str) -> str | None:
     return str(run.id)  # type: ignore[union-attr]
 
 
-@task(retries=2, retry_delay_seconds=[1, 3], retry_condition_fn=only_transient)
+@retried
 def mark_crashed(flow_run_id: str, message: str) -> str | None:
     """Set a flow run that has not ended to Crashed (its process is gone: the transition lock
     it held was released with its session), so the UI and `open_transition_runs` stop

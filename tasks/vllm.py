@@ -6,10 +6,9 @@ import time
 from dataclasses import dataclass
 
 import httpx
-from prefect import task
 
 from phasegate.errors import RemoteTimeout, VerificationFailed
-from phasegate.tasks.retrying import only_transient
+from phasegate.tasks.retrying import retried
 
 __all__ = ["CompletionCheck", "api_answers", "check_completion", "is_healthy", "queue_depth",
            "server_errors"]
@@ -33,7 +32,7 @@ def is_healthy(url: str, timeout_s: float = 5.0) -> bool:
         return False
 
 
-@task(retries=2, retry_delay_seconds=[1, 3], retry_condition_fn=only_transient)
+@retried
 def check_completion(url: str, model: str, prompt: str = "1+1=", max_tokens: int = 8,
                      timeout_s: float = 60.0) -> CompletionCheck:
     """POST /v1/completions and require a non-empty answer."""
