@@ -17,36 +17,38 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from phasegate.flows.phase_transition import Run, Target, _route, _wait_ready, connect, deploy
+from phasegate.flows.run import Run, connect
+from phasegate.flows.vllm_switch import deploy
 from phasegate.lab import control
 from phasegate.lab.layout import LabLayout
 from phasegate.lab.supervisor import UpOptions, down, up
+from phasegate.policy.containers import Container
 from phasegate.policy.plan import load_plan
-from phasegate.tasks.gpu_hosts import (
-    container_spec,
-    remove_container,
-    run_container,
-    stop_container,
-)
+from phasegate.policy.swap import SwapPlan, SwapStep
 from phasegate.tasks.vllm import api_answers
 
-Method = Callable[[Run, list[Target], list[Target]], None]
+Method = Callable[[Run, list[Container], list[Container]], object]
 Row = tuple[str, str, int, int, float]
 
 
-def seed_stop_start(run: Run, old: list[Target], new: list[Target]) -> None:
-    """The seed's scale_phase1_to_2.sh: docker stop, docker rm, docker run, then wait (the
-    script sleeps 60 s; here the same health gate as phasegate, so only the order differs)."""
-    for o in old:
-        stop_container(run.hosts[o.host], o.name)
-        remove_container(run.hosts[o.host], o.name)
-    for t in new:
-        run_container(run.hosts[t.host], t.argv)
-    _wait_ready(run, new)
-    _route(run, new)
+def seed_order(old: list[Container], new: list[Container]) -> SwapPlan:
+    """The seed's scale_phase1_to_2.sh as a swap plan: docker stop + rm of everything, docker
+    run of everything, then wait (the script sleeps 60 s; here the same health gate as
+    phasegate, so only the order differs) and route."""
+    steps = (SwapStep("remove", tuple(old)), SwapStep("start", tuple(new)),
+             SwapStep("await", tuple(new)), SwapStep("route", tuple(new)))
+    return SwapPlan(steps, kept=(), outage_hosts=tuple(dict.fromkeys(c.host for c in old)))
 
 
-def measure(method: Method, run: Run, old: list[Target], new: list[Target],
+def seed_stop_start(run: Run, old: list[Container], new: list[Container]) -> None:
+    """Carry out the seed's order with phasegate's own step executor."""
+    from phasegate.flows.vllm_switch import carry_out
+
+    for step in seed_order(old, new).steps:
+        carry_out(run, step)
+
+
+def measure(method: Method, run: Run, old: list[Container], new: list[Container],
             api_url: str) -> tuple[int, int, float]:
     """(AI answers during the switch, of which failed, seconds)."""
     before = api_answers(api_url, "/v1/feedback")
@@ -86,11 +88,7 @@ def main() -> None:
             with temporary_settings(updates={PREFECT_API_URL: doc["prefect"]["api_url"]}):
                 run = connect(load_plan(), "lab", "custom-webhook/lab-slack", [1, 2, 3])
                 run.vllm_ready_timeout_s = 60
-                spec = container_spec.fn(run.hosts["gpu-1"], "vllm-server")
-                assert spec is not None
-                # Start from the plan's phase-1 container (the lab starts it with --gpus all).
-                deploy(run, [Target.recorded(spec)], run.planned(1))
-                time.sleep(3.0)
+                time.sleep(3.0)  # the lab starts in phase 1, as the plan lays it out
                 for name, method in (("seed stop-start", seed_stop_start),
                                      ("phasegate deploy", deploy)):
                     rows += walk(name, method, run, doc["api"]["url"])

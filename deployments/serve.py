@@ -63,13 +63,23 @@ def runner_deployments(specs: Sequence[DeploymentSpec], prefix: str | None = Non
 
     out = []
     for spec in specs:
-        params = dict(spec.parameters)
-        if prefix is not None and "prefix" in params:
-            params["prefix"] = prefix
+        params = _with_prefix(spec.parameters, prefix)
         crons = [Cron(c, timezone=tz) for c, tz in spec.crons] if schedules else None
         out.append(load_flow(spec.entrypoint).to_deployment(
             name=spec.name, description=spec.description or None, parameters=params,
             schedules=crons, concurrency_limit=spec.concurrency_limit))
+    return out
+
+
+def _with_prefix(params: dict[str, Any], prefix: str | None) -> dict[str, Any]:
+    """The parameters with the Blocks' prefix replaced (top level or in `options`)."""
+    out = dict(params)
+    if prefix is None:
+        return out
+    if "prefix" in out:
+        out["prefix"] = prefix
+    if isinstance(out.get("options"), dict) and "prefix" in out["options"]:
+        out["options"] = {**out["options"], "prefix": prefix}
     return out
 
 

@@ -36,7 +36,7 @@ def request_approvals(rules: Approvals, evidence_md: str, timeout_s: int, poll_s
                       record: Any) -> ApprovalDecision:
     """Pause until every role has approved (returns the decision) or someone rejects (raises
     ApprovalRejected). `record(answer_or_None, decision)` stores each answer and the expiry.
-    A timeout raises ApprovalRejected("... expired") after recording it."""
+    A timeout raises ApprovalExpired after recording it."""
     answers: list[ApprovalAnswer] = []
     decision = approval_outcome(answers, rules.roles, rules.distinct_people)
     get_run_logger().warning(
@@ -66,7 +66,7 @@ def _pause(evidence_md: str, decision: ApprovalDecision, timeout_s: int, poll_s:
            record: Any) -> ApprovalForm:
     note = "" if decision.status == "pending" and not decision.message else \
         f"\n\n**{decision.message}**"
-    description = f"{evidence_md}\n\nStill needed: {', '.join(decision.missing)}{note}"
+    description = f"{evidence_md}\n\nStill needed: {', '.join(decision.missing_roles)}{note}"
     try:
         form = pause_flow_run(
             wait_for_input=ApprovalForm.with_initial_data(description=description,
@@ -75,6 +75,6 @@ def _pause(evidence_md: str, decision: ApprovalDecision, timeout_s: int, poll_s:
     except FlowPauseTimeout:
         record(None, decision)
         raise ApprovalExpired(f"approval expired after {timeout_s} s "
-                               f"(still needed: {', '.join(decision.missing)})") from None
+                               f"(still needed: {', '.join(decision.missing_roles)})") from None
     assert isinstance(form, ApprovalForm)
     return form

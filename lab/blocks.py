@@ -18,6 +18,7 @@ from phasegate.blocks.systems import (
     PostgresConnection,
     PrometheusConnection,
     RedisConnection,
+    ReportStore,
 )
 from phasegate.tasks.transitions import TRANSITION_LIMIT
 
@@ -37,6 +38,8 @@ def lab_blocks(state: dict[str, Any]) -> dict[str, Block]:
         LAB_BLOCK_NAME + "-redis": RedisConnection(host=r_host, port=int(r_port)),
         LAB_BLOCK_NAME + "-prometheus": PrometheusConnection(url=state["prometheus"]["url"]),
         LAB_BLOCK_NAME + "-api": HttpEndpoint(url=state["api"]["url"]),
+        LAB_BLOCK_NAME + "-reports": ReportStore(reports_dir=str(Path(state["dir"]) / "reports"),
+                                                 backups_dir=str(Path(state["dir"]) / "backups")),
         LAB_BLOCK_NAME + "-gcp": GcpConnection(
             project=gcp["project"], region=gcp["region"], zone=gcp["zone"],
             cloud_run_service=gcp["cloud_run_service"].rsplit("/", 1)[1],

@@ -39,12 +39,12 @@ from phasegate.lab.procs import (
     wait_for,
     wait_port,
 )
+from phasegate.policy.containers import VLLM_NAME, Container
 
 __all__ = ["UpOptions", "down", "load_state", "status", "up"]
 
 GCP_PROJECT, GCP_REGION, GCP_ZONE, GCP_SERVICE = (
     "dreamseed-prod", "asia-northeast3", "asia-northeast3-a", "dreamseed-api")
-VLLM_CONTAINER = "vllm-server"
 # Stop order: load first, then consumers, then the stores they write to.
 _STOP_ORDER = ["traffic", "api", "infra_exporter", "gpu_exporter", "prometheus",
                "alertmanager", "gcp", "receiver", "prefect", "redis", "postgres"]
@@ -128,7 +128,7 @@ def _recorded_vllm_ports(layout: LabLayout, hosts: list[str]) -> dict[str, int]:
     """{"vllm:<host>": published port} of the vLLM containers recorded on each host."""
     found = {}
     for host in hosts:
-        path = layout.containers_dir(host) / f"{VLLM_CONTAINER}.json"
+        path = layout.containers_dir(host) / f"{VLLM_NAME}.json"
         try:
             found[f"vllm:{host}"] = int(json.loads(path.read_text())["host_port"])
         except (OSError, ValueError, KeyError, TypeError):
@@ -376,7 +376,8 @@ def _vllm(layout: LabLayout, state: _State) -> None:
                 raise LabError(f"{host}: docker start {name}: {res.stderr.strip()}")
     else:
         first = hosts[0]
-        res = _docker(layout, first["name"], "run", *phase1_vllm_args(first["vllm_port"]))
+        argv = phase1_container(first["name"], first["vllm_port"]).run_argv()
+        res = _docker(layout, first["name"], *argv)
         if res.returncode != 0:
             raise LabError(f"{first['name']}: docker run: {res.stderr.strip()}")
     url = state.data["vllm"]["url"]
@@ -384,17 +385,13 @@ def _vllm(layout: LabLayout, state: _State) -> None:
              interval=0.2, what="vLLM simulator")
 
 
-def phase1_vllm_args(host_port: int) -> list[str]:
-    """`docker run` arguments for the phase-1 vLLM server, from the plan's phase 1."""
+def phase1_container(host: str, host_port: int) -> Container:
+    """The phase-1 vLLM container the lab starts with: the plan's phase 1 on `host`, exactly
+    as a transition would lay it out (one container model, policy.containers)."""
     from phasegate.policy.plan import load_plan
+    from phasegate.policy.transition import vllm_containers
 
-    v = load_plan().phase(1).vllm
-    return ["-d", "--name", VLLM_CONTAINER, "--gpus", "all", "--restart", "always",
-            "-p", f"{host_port}:8000", "-v", "/models:/models", v.image,
-            "--model", v.model_path, "--served-model-name", v.served_model_name,
-            "--tensor-parallel-size", str(v.tensor_parallel_size),
-            "--gpu-memory-utilization", str(v.gpu_memory_utilization),
-            "--max-model-len", str(v.max_model_len)]
+    return vllm_containers(load_plan(), 1, {host: host_port})[0]
 
 
 def _api_and_traffic(layout: LabLayout, state: _State) -> None:

@@ -35,6 +35,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         with temporary_settings(updates={PREFECT_API_URL: doc["prefect"]["api_url"]}):
             yield doc
     finally:
+        # Send the logs still queued for the lab's Prefect API while it still answers.
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=5)
         pids = [int(p) for p in doc["processes"].values()]
         pids += list(doc.get("containers", {}).values())
         marks = [doc["dir"], doc["postgres"]["data_dir"]]

@@ -38,6 +38,13 @@ def test_entrypoint_and_parameters(dep: dict[str, Any]) -> None:
     assert set(dep.get("parameters", {})) <= accepted
 
 
+def test_the_one_click_transition_goes_to_the_next_phase() -> None:
+    dep = next(d for d in DEPLOYMENTS if d["name"] == "phase-transition")
+    assert "target_phase" not in dep["parameters"]
+    assert inspect.signature(_flow(dep["entrypoint"]).fn).parameters[
+        "target_phase"].default is None
+
+
 def test_schedules_follow_the_issue() -> None:
     by_name = {d["name"]: d for d in DEPLOYMENTS}
     assert by_name["trigger-check"]["schedules"] == [
@@ -56,6 +63,8 @@ def test_serve_derives_every_deployment_from_prefect_yaml() -> None:
         expected = dict(dep.get("parameters", {}))
         if "prefix" in expected:
             expected["prefix"] = "prod"
+        if "options" in expected:
+            expected["options"] = {**expected["options"], "prefix": "prod"}
         assert runner.parameters == expected
         crons = [(s.schedule.cron, s.schedule.timezone) for s in runner.schedules or []]
         assert crons == [(s["cron"], s["timezone"]) for s in dep.get("schedules", [])]

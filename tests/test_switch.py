@@ -14,21 +14,25 @@ from typing import Any
 
 import pytest
 
-from phasegate.flows.phase_transition import Run, Target, connect, deploy
+from phasegate.flows.run import Run, connect
+from phasegate.flows.vllm_switch import deploy
 from phasegate.lab import control
 from phasegate.lab.blocks import gpu_host_block
+from phasegate.policy.containers import Container
 from phasegate.policy.plan import load_plan
 from phasegate.tasks.cloud_run import read_service_settings
-from phasegate.tasks.gpu_hosts import container_spec
+from phasegate.tasks.gpu_hosts import inspect_container
 from phasegate.tasks.vllm import api_answers
 
 pytestmark = pytest.mark.lab
 
 
-def switch(run: Run, old: list[Target], new: list[Target], api_url: str) -> tuple[int, int]:
+def switch(run: Run, old: list[Container], new: list[Container],
+           api_url: str) -> tuple[int, int]:
     """deploy(old -> new); (AI requests answered meanwhile, of which failed)."""
     before = api_answers(api_url, "/v1/feedback")
-    deploy(run, old, new)
+    plan = deploy(run, old, new)
+    assert plan.outage_hosts == ()  # the swap plan says it keeps serving: measured below
     time.sleep(1.0)  # answers in flight when the switch ended are counted too
     after = api_answers(api_url, "/v1/feedback")
     assert before is not None and after is not None
@@ -42,9 +46,9 @@ def gpu1_with_three(lab: dict[str, Any], lab_layout: Any) -> Iterator[Run]:
     run = connect(load_plan(), "lab", "custom-webhook/lab-slack", [1, 2, 3])
     run.vllm_ready_timeout_s = 30
     host = gpu_host_block(next(h for h in lab["gpu_hosts"] if h["name"] == "gpu-1"))
-    spec = container_spec.fn(host, "vllm-server")
-    assert spec is not None and spec["running"]
-    original = Target.recorded(spec)
+    live = inspect_container.fn(host, "vllm-server")
+    assert live is not None and live.running
+    original = live.container
     current = [original]
     try:
         deploy(run, current, run.planned(2))  # stop-start: every GPU changes hands
@@ -61,13 +65,13 @@ def test_switch_keeps_serving_where_the_gpus_allow_it(lab: dict[str, Any],
     run, api = gpu1_with_three, lab["api"]["url"]
     up = switch(run, run.planned(2), run.planned(3), api)
     urls = read_service_settings.fn(run.gcp)["vllm_urls"]
-    assert sorted(urls) == sorted(f"http://127.0.0.1:{t.port}" for t in run.planned(3))
+    assert sorted(urls) == sorted(f"http://127.0.0.1:{t.host_port}" for t in run.planned(3))
     down = switch(run, run.planned(3), run.planned(2), api)
     assert read_service_settings.fn(run.gcp)["vllm_urls"] == [
-        f"http://127.0.0.1:{run.planned(2)[0].port}"]
+        f"http://127.0.0.1:{run.planned(2)[0].host_port}"]
     # Traffic flowed during both switches (so a failure would have shown), and none failed.
     assert up[0] > 0 and down[0] > 0, (up, down)
     assert (up[1], down[1]) == (0, 0), (up, down)
     host = run.hosts["gpu-1"]
-    assert [container_spec.fn(host, n) for n in ("vllm-server-1", "vllm-server-2")] == [
+    assert [inspect_container.fn(host, n) for n in ("vllm-server-1", "vllm-server-2")] == [
         None, None]  # the phase-3 replicas are gone, not just stopped

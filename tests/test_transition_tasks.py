@@ -35,16 +35,16 @@ from phasegate.errors import (
 from phasegate.lab import control
 from phasegate.lab.blocks import gpu_host_block
 from phasegate.lab.procs import free_port
-from phasegate.lab.supervisor import phase1_vllm_args
+from phasegate.lab.supervisor import phase1_container
+from phasegate.policy.containers import Container, Gpus, LiveContainer
+from phasegate.policy.outcomes import RunOutcome
 from phasegate.policy.plan import load_plan
-from phasegate.policy.transition import docker_run_args, vllm_containers
+from phasegate.policy.transition import vllm_containers
 from phasegate.tasks.backup import _scratch_database, archive_models, backup_database, sha256_file
 from phasegate.tasks.cloud_run import apply_service_settings, read_service_settings
 from phasegate.tasks.gpu_hosts import (
-    container_spec,
-    parse_run_argv,
+    inspect_container,
     remove_container,
-    run_argv_from_spec,
     run_container,
     stop_container,
     wait_vllm_ready,
@@ -150,60 +150,53 @@ def gpu2(lab: dict[str, Any], lab_layout: Any) -> Iterator[GpuHost]:
         control.set_gpu_count(lab_layout, "gpu-2", before)
 
 
-def test_phase1_container_spec_through_prefect_recreates_its_run_argv(
+def test_the_labs_phase1_container_reads_back_as_the_plan_lays_it_out(
         lab: dict[str, Any]) -> None:
     host = _host(lab, "gpu-1")
-    spec = container_spec(host, "vllm-server")  # a real task run (retry predicate and all)
-    assert spec is not None and spec["running"] and spec["gpus"] in ("all", [0])
-    assert spec["host"] == "gpu-1" and spec["name"] == "vllm-server"
-    assert spec["host_port"] == host.vllm_port and spec["restart"] == "always"
-    assert spec["volumes"] == ["/models:/models"]
-    # As `lab up` started it (no --ipc), or as a phase transition (tests before this one)
-    # re-created it from the plan (with `--ipc host`, which the spec keeps).
-    planned = docker_run_args(vllm_containers(load_plan(), 1, {"gpu-1": host.vllm_port})[0])
-    assert spec["ipc"] in (None, "host")
-    assert run_argv_from_spec(spec) in (["run", *phase1_vllm_args(host.vllm_port)], planned)
+    live = inspect_container(host, "vllm-server")  # a real task run (retry predicate and all)
+    planned = vllm_containers(load_plan(), 1, {"gpu-1": host.vllm_port})[0]
+    # `lab up` starts it through the same model a transition uses: identical, `--ipc host`
+    # and `-v /models:/models` included (whichever of the two created it last).
+    assert phase1_container("gpu-1", host.vllm_port) == planned
+    assert live == LiveContainer(planned, running=True)
+    assert (planned.gpus, planned.ipc, planned.restart) == (Gpus.of(0), "host", "always")
 
 
-def _argv(port: int, devices: str, tp: int) -> list[str]:
-    argv = ["run", *phase1_vllm_args(port)]
-    argv[argv.index("--name") + 1] = "phasegate-test-vllm"
-    argv[argv.index("--gpus") + 1] = f'"device={devices}"'
-    argv[argv.index("--tensor-parallel-size") + 1] = str(tp)
-    return argv
+def _test_container(port: int, devices: tuple[int, ...], tp: int) -> Container:
+    """The phase-1 container under another name, on other GPUs and port, with TP `tp`."""
+    base = phase1_container("gpu-2", port)
+    args = list(base.args)
+    args[args.index("--tensor-parallel-size") + 1] = str(tp)
+    return Container("gpu-2", "phasegate-test-vllm", base.image, tuple(args),
+                     Gpus.of(*devices), port)
 
 
 def test_container_lifecycle_is_idempotent_over_ssh(gpu2: GpuHost) -> None:
     port, name = free_port(), "phasegate-test-vllm"
-    assert container_spec.fn(gpu2, name) is None
-    tp2 = _argv(port, "0,1", 2)
-    tp2[tp2.index("--restart"):tp2.index("--restart")] = ["--ipc", "host"]
+    assert inspect_container.fn(gpu2, name) is None
+    tp2 = _test_container(port, (0, 1), 2)
     started = run_container.fn(gpu2, tp2)
-    assert started["action"] == "started" and started["replaced"] is None
-    spec = started["spec"]
-    assert (spec["gpus"], spec["host_port"], spec["running"]) == ([0, 1], port, True)
-    assert spec["ipc"] == "host"  # TP workers share memory: a restored container keeps it
-    assert spec["args"][spec["args"].index("--tensor-parallel-size") + 1] == "2"
-    assert parse_run_argv(run_argv_from_spec(spec)) == parse_run_argv(tp2)
+    assert started == {"name": name, "action": "started", "replaced": None}
+    # What docker (the lab's shim, its own parser) started reads back as the model asked.
+    assert inspect_container.fn(gpu2, name) == LiveContainer(tp2, running=True)
     ready = wait_vllm_ready.fn(f"http://127.0.0.1:{port}", MODEL, timeout_s=30, interval_s=0.2)
     assert ready["completion"]["text"] and ready["polls"] >= 1
 
     assert run_container.fn(gpu2, tp2)["action"] == "unchanged"
-    tp1 = _argv(port, "0", 1)
+    tp1 = _test_container(port, (0,), 1)
     replaced = run_container.fn(gpu2, tp1)
-    assert replaced["action"] == "replaced"
-    assert replaced["replaced"] == "differs in args, gpus, ipc"
-    assert replaced["spec"]["gpus"] == [0]
+    assert (replaced["action"], replaced["replaced"]) == ("replaced", "differs in args, gpus")
+    assert inspect_container.fn(gpu2, name) == LiveContainer(tp1, running=True)
 
     assert stop_container.fn(gpu2, name)["action"] == "stopped"
     assert stop_container.fn(gpu2, name)["action"] == "already-stopped"
-    assert container_spec.fn(gpu2, name)["running"] is False  # type: ignore[index]
+    assert inspect_container.fn(gpu2, name) == LiveContainer(tp1, running=False)
     assert run_container.fn(gpu2, tp1)["replaced"] == "was stopped"
 
     assert remove_container.fn(gpu2, name)["action"] == "removed"
     assert remove_container.fn(gpu2, name)["action"] == "absent"
     assert stop_container.fn(gpu2, name)["action"] == "absent"
-    assert container_spec.fn(gpu2, name) is None
+    assert inspect_container.fn(gpu2, name) is None
 
 
 def test_wait_vllm_ready_succeeds_and_times_out_with_the_last_status(
@@ -331,7 +324,7 @@ def test_transition_lock_refuses_a_second_holder(lab: dict[str, Any]) -> None:
 def test_an_open_snapshot_is_an_interrupted_run_until_closed(lab: dict[str, Any]) -> None:
     """A run that saved its snapshot and never ended is found (newest first); closing it, or
     an outcome, hides it. Phase 97 keeps real runs' rows out of the way."""
-    from phasegate.flows.phase_transition import _take_over
+    from phasegate.flows.snapshot import _take_over
 
     dead, older = f"test-{uuid.uuid4()}", f"test-{uuid.uuid4()}"
     with psycopg.connect(lab["postgres"]["state_dsn"]) as conn:
@@ -346,10 +339,17 @@ def test_an_open_snapshot_is_an_interrupted_run_until_closed(lab: dict[str, Any]
         # A rerun towards another phase must not adopt it: refused before touching anything.
         with pytest.raises(SafetyStop, match=r"phase 97 -> 98\).*rollback deployment"):
             _take_over(None, found, 96)  # type: ignore[arg-type]
-        assert close_snapshots(conn, dead, "resumed by test") == 3
-        assert close_snapshots(conn, dead, "again") == 0
+        assert close_snapshots(conn, dead, RunOutcome.RESUMED, "by test") == 3
+        assert close_snapshots(conn, dead, RunOutcome.RESUMED, "again") == 0
         assert interrupted_run(conn, 97).flow_run_id == older  # type: ignore[union-attr]
-        close_snapshots(conn, older, "rolled back")
+        close_snapshots(conn, older, RunOutcome.ROLLED_BACK)
+        assert conn.execute("SELECT DISTINCT outcome, outcome_detail FROM snapshots"
+                            " WHERE flow_run_id = %s", (dead,)).fetchall() == [
+            ("resumed", "by test")]
+        with pytest.raises(psycopg.errors.CheckViolation):  # the database knows the enum too
+            conn.execute("UPDATE snapshots SET outcome = 'success' WHERE flow_run_id = %s",
+                         (older,))
+        conn.rollback()
         assert interrupted_run(conn, 97) is None
         conn.execute("DELETE FROM snapshots WHERE phase = 97")
         conn.commit()
@@ -383,7 +383,8 @@ def test_snapshots_approvals_and_postmortems_round_trip(lab: dict[str, Any]) -> 
         record_approval(conn, run_id, "CFO", "Lee", False, "too soon")
         assert [(a["role"], a["approved"]) for a in list_approvals(conn, run_id)] == \
             [("CTO", True), ("CFO", False)]
-        pid = save_postmortem(conn, run_id, 1, 2, "rolled-back", "# x", {"reason": "p95"})
+        pid = save_postmortem(conn, run_id, 1, 2, RunOutcome.ROLLED_BACK, "# x",
+                              {"reason": "p95"})
         row = conn.execute("SELECT outcome, facts FROM postmortems WHERE id = %s",
                            (pid,)).fetchone()
         assert row is not None and (row[0], row[1]) == ("rolled-back", {"reason": "p95"})

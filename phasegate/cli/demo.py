@@ -54,7 +54,7 @@ def _demo(args: argparse.Namespace) -> int:
     return code
 
 # Compressed time: a 2-hour watch becomes 24 s; the 9-minute load test ~5 s.
-DEMO_PARAMS: dict[str, Any] = {
+DEMO_OPTIONS: dict[str, Any] = {
     "watch_duration": "24s", "watch_interval": "2s", "watch_min_window": "5s",
     "load_test_scale": 0.01,
     "approval_timeout": "30m", "approval_poll": "1s", "vllm_ready_timeout": "60s"}
@@ -132,7 +132,7 @@ def _transition(target: int, interactive: bool, ui: str, reports: Path,
     started = time.monotonic()
     run = cast(FlowRun, run_deployment("phase-transition/phase-transition", timeout=0,
                                        parameters={"target_phase": target,
-                                                   "reports_dir": str(reports), **DEMO_PARAMS}))
+                                                   "options": DEMO_OPTIONS}))
     print(f"   run {run.id}: {ui}/runs/flow-run/{run.id}")
     _approve_all(run.id, interactive, ui)
     breach = None
@@ -200,7 +200,7 @@ def _story(layout: LabLayout, doc: dict[str, Any], ui: str, interactive: bool,
     _say("trigger-check: is phase 2 due?")
     report = trigger_check()
     print(f"   {report['summary']}")
-    reports = layout.root / "reports"
+    reports = layout.root / "reports"  # the lab-reports Block's directory
     _say("D-Day 10:00: GPU #2 installed on gpu-1 (phasegate lab gpus gpu-1 2)")
     control.set_gpu_count(layout, "gpu-1", 2)
     _say("phase 1 -> 2 (approvals by the CTO and the CFO)")
@@ -223,20 +223,21 @@ def _story(layout: LabLayout, doc: dict[str, Any], ui: str, interactive: bool,
 def _phase2_live() -> str:
     """Read back what phase 2 means (vLLM TP 2, Cloud Run 1-8, Redis 16gb allkeys-lru)."""
     from phasegate.blocks.systems import GcpConnection, GpuHost, RedisConnection, load_block
+    from phasegate.policy.containers import VLLM_NAME
     from phasegate.tasks.cloud_run import read_service_settings
-    from phasegate.tasks.gpu_hosts import container_spec
+    from phasegate.tasks.gpu_hosts import inspect_container
     from phasegate.tasks.redis_cache import read_memory_config
 
-    spec = container_spec(load_block(GpuHost, "lab-gpu-1"), "vllm-server") or {}
-    args = spec.get("args", [])
-    tp = args[args.index("--tensor-parallel-size") + 1] if "--tensor-parallel-size" in args \
-        else "?"
-    run = read_service_settings(load_block(GcpConnection, "lab-gcp"))
-    redis = read_memory_config(load_block(RedisConnection, "lab-redis"))
-    facts = (f"vLLM TP {tp} running={spec.get('running')}, Cloud Run "
+    # .fn: plain calls; a task run outside a flow run has no run to send its logs to.
+    live = inspect_container.fn(load_block(GpuHost, "lab-gpu-1"), VLLM_NAME)
+    tp = live.container.option("--tensor-parallel-size", "?") if live else "?"
+    running = bool(live and live.running)
+    run = read_service_settings.fn(load_block(GcpConnection, "lab-gcp"))
+    redis = read_memory_config.fn(load_block(RedisConnection, "lab-redis"))
+    facts = (f"vLLM TP {tp} running={running}, Cloud Run "
              f"{run['min_instances']}-{run['max_instances']}, Redis {redis['maxmemory']} "
              f"{redis['maxmemory_policy']}")
-    phase2 = (tp == "2" and spec.get("running") and (run["min_instances"],
+    phase2 = (tp == "2" and running and (run["min_instances"],
               run["max_instances"]) == (1, 8) and redis["maxmemory_policy"] == "allkeys-lru")
     return ("phase 2 verified: " if phase2 else "NOT phase 2: ") + facts
 

@@ -23,7 +23,8 @@ def register(sub: Any) -> None:
     ap.add_argument("--dir", help="lab directory (default $PHASEGATE_LAB or .lab)")
     ap.set_defaults(handler=_approve)
     tr = sub.add_parser("transition", help="run the phase-transition flow (waits for approvals)")
-    tr.add_argument("--to", dest="target", type=int, required=True, help="target phase")
+    tr.add_argument("--to", dest="target", type=int,
+                    help="target phase (default: the next one; a step down needs it)")
     tr.add_argument("--dry-run", action="store_true", help="approvals only; change nothing")
     tr.add_argument("--watch", help="metric watch duration (default: the plan's, e.g. 2h)")
     tr.add_argument("--watch-interval", help="metric watch interval (default: the plan's)")
@@ -64,15 +65,22 @@ def _approve(args: argparse.Namespace) -> int:
 
 
 def _transition(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from phasegate.flows.options import TransitionOptions
     from phasegate.flows.phase_transition import phase_transition
 
+    try:
+        options = TransitionOptions(dry_run=args.dry_run, watch_duration=args.watch,
+                                    watch_interval=args.watch_interval,
+                                    watch_min_window=args.watch_min_window,
+                                    load_test_scale=args.scale, prefix=args.prefix)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"transition options: {problems}") from None
     with prefect_api(args.dir):
         state = phase_transition(target_phase=args.target, plan_path=args.plan,
-                                 dry_run=args.dry_run, watch_duration=args.watch,
-                                 watch_interval=args.watch_interval,
-                                 watch_min_window=args.watch_min_window,
-                                 load_test_scale=args.scale, prefix=args.prefix,
-                                 return_state=True)
+                                 options=options, return_state=True)
     if state.is_completed() and state.name == "Rejected":
         print(f"phase transition rejected: {state.message}")
         return 1
