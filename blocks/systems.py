@@ -24,6 +24,7 @@ from pydantic import Field, SecretStr
 from urllib3.util.retry import Retry
 
 from phasegate.constants import VLLM_URLS_ENV
+from phasegate.policy.containers import DEFAULT_HOST_PORT
 
 __all__ = ["GcpConnection", "GpuHost", "HttpEndpoint", "PostgresConnection",
            "PrometheusConnection", "RedisConnection", "ReportStore", "load_block"]
@@ -107,7 +108,8 @@ class GpuHost(Block):
     user: str = Field(description="Login user.")
     private_key: SecretStr = Field(description="OpenSSH private key (ed25519 or RSA), PEM text.")
     known_hosts: str = Field(description="known_hosts lines for this host (public, not secret).")
-    vllm_port: int = Field(default=8000, description="Host port vLLM is published on.")
+    vllm_port: int = Field(default=DEFAULT_HOST_PORT,
+                           description="Host port vLLM is published on (replica k: + k).")
     models_dir: str = Field(default="/models", description="Model directory on the host.")
     connect_timeout_s: float = Field(default=10.0, description="TCP + auth timeout.")
 

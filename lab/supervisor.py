@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from phasegate.constants import VLLM_URLS_ENV
+from phasegate.constants import LAB_DIR_ENV, VLLM_URLS_ENV
 from phasegate.errors import LabError
 from phasegate.lab import control, services
 from phasegate.lab.layout import LabLayout
@@ -354,7 +354,7 @@ def _exporters(layout: LabLayout, state: _State) -> None:
 
 def host_env(layout: LabLayout, host: str) -> dict[str, str]:
     """The environment an SSH session on `host` gets (used to run its shims locally)."""
-    return {**_child_env(), "PHASEGATE_LAB": str(layout.root), "PHASEGATE_GPU_HOST": host,
+    return {**_child_env(), LAB_DIR_ENV: str(layout.root), "PHASEGATE_GPU_HOST": host,
             "PATH": f"{layout.host_dir(host) / 'bin'}:/usr/local/bin:/usr/bin:/bin"}
 
 

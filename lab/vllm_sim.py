@@ -40,6 +40,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from phasegate.constants import DEFAULT_LAB_DIR, LAB_DIR_ENV
 from phasegate.lab.control import read_faults, read_gpus, read_settings, write_json_atomic
 from phasegate.lab.gpu_model import (
     BLOCK_SIZE,
@@ -54,6 +55,7 @@ from phasegate.lab.gpu_model import (
     step_seconds,
 )
 from phasegate.lab.layout import LabLayout
+from phasegate.policy.containers import VLLM_PORT
 
 __all__ = ["EngineConfig", "StartupError", "build_parser", "main", "make_config"]
 
@@ -103,9 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-num-seqs", type=int, default=MAX_NUM_SEQS)
     p.add_argument("--max-num-batched-tokens", type=int, default=MAX_NUM_BATCHED_TOKENS)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=VLLM_PORT)  # vLLM's own default
     p.add_argument("--gpu-host", default=os.environ.get("PHASEGATE_GPU_HOST", "gpu-1"))
-    p.add_argument("--lab-dir", default=os.environ.get("PHASEGATE_LAB", ".lab"))
+    p.add_argument("--lab-dir", default=os.environ.get(LAB_DIR_ENV, DEFAULT_LAB_DIR))
     p.add_argument("--visible-gpus", default="")
     return p
 

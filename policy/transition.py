@@ -139,7 +139,7 @@ def vllm_containers(plan: Plan, phase: int,
     Hosts are filled in plan order, each replica on one host with contiguous device indices
     (the plan validated that they fit). The k-th replica on a host (k = 0, 1, ...) is named
     `vllm-server` then `vllm-server-<k>` and published on base_port[host] + k (hosts not in
-    `base_port` use 8000, the seed's port).
+    `base_port` use DEFAULT_HOST_PORT, the seed's 8000).
     """
     spec = plan.phase(phase)
     size, args = spec.vllm.gpus_per_replica, tuple(vllm_args(spec.vllm))

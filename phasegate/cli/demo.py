@@ -28,6 +28,7 @@ from uuid import UUID
 import psycopg
 
 from phasegate.cli.lab import lab_layout, running_lab
+from phasegate.constants import LAB_DIR_ENV
 from phasegate.errors import LabError
 from phasegate.lab import control
 from phasegate.lab.layout import LabLayout
@@ -66,7 +67,7 @@ def _say(text: str) -> None:
 
 def _serve(layout: LabLayout, api: str) -> subprocess.Popen[bytes]:
     """Serve the deployments in a child process (stopped by PID at the end)."""
-    env = {**os.environ, "PREFECT_API_URL": api, "PHASEGATE_LAB": str(layout.root),
+    env = {**os.environ, "PREFECT_API_URL": api, LAB_DIR_ENV: str(layout.root),
            "PREFECT_LOGGING_LEVEL": "WARNING"}
     log = open(layout.logs_dir / "serve.log", "ab")  # noqa: SIM115 - lives with the child
     return subprocess.Popen([sys.executable, "-m", "phasegate.deployments.serve"], env=env,
