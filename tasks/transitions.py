@@ -10,6 +10,7 @@ knows the holder is dead) gives the slot back at once."""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from collections.abc import Iterator
@@ -139,7 +140,10 @@ def keep_slot(lease_id: str, lease_s: float) -> Iterator[None]:
             except Exception as exc:  # noqa: BLE001 - logged; the lock still guards
                 log.warning("could not renew the transition slot's lease: %s", exc)
 
-    thread = threading.Thread(target=renew, name="transition-slot-lease", daemon=True)
+    # In a copy of this context: Prefect's settings (which API) live in context variables,
+    # and a bare thread would talk to the default API instead of the run's.
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(renew,),
+                              name="transition-slot-lease", daemon=True)
     thread.start()
     try:
         yield

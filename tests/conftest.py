@@ -8,6 +8,7 @@ stops it by PID at the end, checking that nothing it started is left behind.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,11 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.pop("PREFECT_API_URL", None)
+# Under pytest-xdist each worker gets its own Prefect home (the temporary server's SQLite
+# database), so two workers never share one database file.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(
+        prefix=f"prefect-{os.environ['PYTEST_XDIST_WORKER']}-")
 
 
 @pytest.fixture(scope="session")

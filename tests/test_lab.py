@@ -23,7 +23,7 @@ from phasegate.lab import control
 from phasegate.lab.blocks import gpu_host_block
 from phasegate.tasks.gpu_hosts import detect_gpus, run_remote
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("lab")]  # one lab, one worker
 
 
 def test_status_json_has_the_documented_fields(lab: dict[str, Any]) -> None:

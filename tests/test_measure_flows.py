@@ -18,7 +18,7 @@ from phasegate.flows.trigger_check import trigger_check
 from phasegate.lab.procs import free_port
 from phasegate.lab.receiver import read_inbox
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("lab")]  # one lab, one worker
 
 CONDITION_KEYS = {"name", "category", "source", "verdict", "streak", "required_streak",
                   "latest_value", "threshold"}

@@ -43,7 +43,7 @@ from phasegate.policy.outcomes import RunOutcome
 from phasegate.tasks.cloud_run import read_service_settings
 from phasegate.tasks.gpu_hosts import inspect_container
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("lab")]  # one lab, one worker
 
 REPORTS = Path(tempfile.mkdtemp(prefix="phasegate-reports-"))
 PLAN = light_plan()  # the real plan with load-test VUs / 10 (tests/_plans.py)

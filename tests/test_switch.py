@@ -24,7 +24,7 @@ from phasegate.tasks.cloud_run import read_service_settings
 from phasegate.tasks.gpu_hosts import inspect_container
 from phasegate.tasks.vllm import api_answers
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("lab")]  # one lab, one worker
 
 
 def switch(run: Run, old: list[Container], new: list[Container],

@@ -66,7 +66,7 @@ from phasegate.tasks.state_store import (
     unreleased_slot_leases,
 )
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("lab")]  # one lab, one worker
 
 MODEL = "Llama-2-13b-chat-hf"
 PHASE1_CLOUD_RUN = {"min_instances": 0, "max_instances": 3, "max_concurrency": 80,
