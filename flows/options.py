@@ -24,7 +24,7 @@ class TransitionOptions(BaseModel):
 
     dry_run: bool = Field(default=False, description="Ask for approvals, then change nothing.")
     prefix: str = Field(default="lab", description="Name prefix of the Blocks to use "
-                        "(<prefix>-postgres, <prefix>-gpu-1, ...).")
+                        "(PREFIX-postgres, PREFIX-gpu-1, ...).")
     notifications: str = Field(default="custom-webhook/lab-slack",
                                description="The notification Block (type/name).")
     cash_usd: float | None = Field(default=None, ge=0, description="Cash on hand, for the "
@@ -46,9 +46,9 @@ class TransitionOptions(BaseModel):
     vllm_ready_timeout: str = Field(default="10m", description="How long a new vLLM server "
                                     "may take to load its model.")
     reports_dir: str | None = Field(default=None, description="Reports and backups here "
-                                    "(default: the <prefix>-reports Block's directories).")
+                                    "(default: the PREFIX-reports Block's directories).")
     prometheus_block: str | None = Field(default=None, description="Another Prometheus Block "
-                                         "(default: <prefix>-prometheus).")
+                                         "(default: PREFIX-prometheus).")
 
     @field_validator("watch_duration", "watch_interval", "watch_min_window",
                      "approval_timeout", "approval_poll", "vllm_ready_timeout")

@@ -184,8 +184,14 @@ def _rollback(run: Run, reason: str) -> list[str]:
 def phase_transition(target_phase: int | None = None, plan_path: str | None = None,
                      options: TransitionOptions = TransitionOptions()  # noqa: B008 - frozen
                      ) -> dict[str, Any] | State:
-    """Move the system one phase up (`target_phase` empty: the next one) or one planned step
-    down, after approvals; roll back on any failure after the first change."""
+    """Move the system one phase up or one planned step down, after approvals; roll back on
+    any failure after the first change.
+
+    Args:
+        target_phase: The phase to move to; empty: the next one (a step down is named).
+        plan_path: The plan file; empty: plans/dreamseed.yaml.
+        options: Where the systems are and the run's knobs; the defaults are production's.
+    """
     opts, plan = options, load_plan(plan_path)
     reports, backups = _report_dirs(opts)
     pg = load_block(PostgresConnection, f"{opts.prefix}-postgres")

@@ -48,6 +48,8 @@ def register(sub: Any) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    # The story's own lines, not every task run's: Prefect reads its log level on import.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     layout = lab_layout(args.dir)
     code = run_demo(layout, interactive=args.interactive)
     print(f"\nThe lab keeps running; stop it with: .venv/bin/phasegate lab down "
