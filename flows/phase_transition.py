@@ -212,16 +212,16 @@ def phase_transition(target_phase: int | None = None, plan_path: str | None = No
         try:
             _approve(run, changes, opts)
         except ApprovalExpired:
-            run.audit("outcome", outcome=RunOutcome.EXPIRED.value)
+            run.ended(RunOutcome.EXPIRED)
             raise  # Prefect ends a timed-out pause Failed whatever we return
         except ApprovalRejected as exc:
-            run.audit("outcome", outcome=RunOutcome.REJECTED.value, detail=str(exc))
+            run.ended(RunOutcome.REJECTED, str(exc))
             send_notification(opts.notifications, f"phase {current} -> {target} rejected",
                               str(exc))
             # A "no" is a clean end, not a failure: nothing was changed.
             return Completed(name="Rejected", message=str(exc))
         if opts.dry_run:
-            run.audit("outcome", outcome=RunOutcome.DRY_RUN.value)
+            run.ended(RunOutcome.DRY_RUN)
             return {"outcome": RunOutcome.DRY_RUN.value, "changes": changes.describe()}
         return _execute(run, changes, _watch_config(plan, current, target, opts),
                         opts.load_test_scale, reports, backups)

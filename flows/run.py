@@ -83,8 +83,8 @@ class Run:
             state_store.append_audit(conn, self.actor, action, detail, self.run_id)
 
     def ended(self, outcome: RunOutcome, detail: str = "") -> None:
-        """Record how the run ended: its snapshot is closed (no later run resumes from it) and
-        the audit table says so."""
+        """Record how the run ended: its snapshot, if it took one, is closed (no later run
+        resumes from it) and the audit table says so."""
         with self.pg.get_connection(self.pg.state_database) as conn:
             state_store.close_snapshots(conn, self.run_id, outcome, detail)
         self.audit("outcome", outcome=outcome.value, detail=detail)

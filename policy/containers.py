@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
@@ -240,10 +240,6 @@ class Container:
             (host_cfg.get("RestartPolicy") or {}).get("Name") or "no",
             _ipc(host_cfg.get("IpcMode")), tuple(host_cfg.get("Binds") or ()))
         return LiveContainer(container, bool((obj.get("State") or {}).get("Running")))
-
-    def with_port(self, host_port: int | None) -> Container:
-        """The same container published on another host port."""
-        return replace(self, host_port=host_port)
 
 
 _ALIASES = {"--publish": "-p", "--volume": "-v", "--env": "-e"}
