@@ -80,14 +80,20 @@ class PrometheusConnection(Block):
     bearer_token: SecretStr | None = Field(default=None, description="Bearer token, if any.")
     timeout_s: float = Field(default=10.0, description="Per-query timeout.")
 
+    def headers(self) -> dict[str, str]:
+        """Request headers: the bearer token, if any."""
+        return ({"Authorization": f"Bearer {self.bearer_token.get_secret_value()}"}
+                if self.bearer_token else {})
+
     def get_client(self) -> PrometheusConnect:
-        """A prometheus-api-client connection (no retries: callers decide)."""
-        headers = ({"Authorization": f"Bearer {self.bearer_token.get_secret_value()}"}
-                   if self.bearer_token else None)
+        """A prometheus-api-client connection (no retries: callers decide). An https URL is
+        verified against the system CA store (prometheus-api-client's `disable_ssl` turns
+        verification off, never what a production server should get)."""
         # retry=0: prometheus-api-client retries 3 times with backoff by default, which would
         # hide an outage for seconds; callers turn a failure into an Error measurement.
-        return PrometheusConnect(url=self.url, headers=headers, disable_ssl=True,
-                                 retry=Retry(total=0), timeout=self.timeout_s)
+        return PrometheusConnect(url=self.url, headers=self.headers() or None,
+                                 disable_ssl=False, retry=Retry(total=0),
+                                 timeout=self.timeout_s)
 
 
 class HttpEndpoint(Block):
@@ -96,6 +102,8 @@ class HttpEndpoint(Block):
     _block_type_name = "phasegate HTTP endpoint"
     url: str = Field(description="Base URL, e.g. https://api.example.com")
     bearer_token: SecretStr | None = Field(default=None, description="Bearer token, if any.")
+    health_path: str = Field(default="/health",
+                             description="Path that answers 200 when the service is up.")
 
 
 class GpuHost(Block):

@@ -1,13 +1,15 @@
 """`phase-transition`: the seed's D-Day runbook as a flow, with approvals and automatic rollback.
 
 Runbook: guards (one step, one transition at a time, phase read from the state store) ->
-approvals (CTO and CFO, two people) -> snapshot of what will change -> verified backup -> GPU
-detection on every host -> vLLM redeploy (make before break, policy.swap; health + a real
-completion) -> Redis -> Cloud Run -> load test -> metric watch -> record the phase and write
-the postmortem. Any failure after the first change runs the compensation stack (each change
-stacks its undo before acting; they run in policy.transition.ROLLBACK_ORDER: vLLM, Cloud Run,
-Redis, each restoring the snapshot and verified), marks the run Failed and writes an incident
-report. Every run ends with one policy.outcomes.RunOutcome. Decisions live in policy/; each
+preflight (flows.doctor: every system this step needs answers, its queries return data, the
+target phase's GPUs are there) -> approvals (CTO and CFO, two people) -> snapshot of what will
+change -> verified backup -> GPU detection on every host -> vLLM redeploy (make before break,
+policy.swap; health + a real completion) -> Redis -> Cloud Run -> load test -> metric watch ->
+record the phase and write the postmortem. Any failure after the first change runs the
+compensation stack (each change stacks its undo before acting; they run in
+policy.transition.ROLLBACK_ORDER: vLLM, Cloud Run, Redis, each restoring the snapshot and
+verified), marks the run Failed and writes an incident report. Every run ends with one
+policy.outcomes.RunOutcome. Decisions live in policy/; each
 stage is a Prefect task named after it, so the UI shows the runbook.
 """
 
@@ -31,12 +33,14 @@ from phasegate.errors import (
     SafetyStop,
 )
 from phasegate.flows.approvals import request_approvals
+from phasegate.flows.doctor import Scope, preflight
 from phasegate.flows.options import TransitionOptions
 from phasegate.flows.run import Run, connect, one_at_a_time
 from phasegate.flows.snapshot import running_containers, take_snapshot
 from phasegate.flows.sources import current_phase
 from phasegate.flows.verify import key_metrics, load_test, watch
 from phasegate.flows.vllm_switch import deploy
+from phasegate.policy.doctor import Verdict, render_table
 from phasegate.policy.durations import parse_duration
 from phasegate.policy.outcomes import RunOutcome
 from phasegate.policy.plan import Plan, Watch, load_plan
@@ -65,7 +69,7 @@ __all__ = ["phase_transition"]
 # ---------------------------------------------------------------- approval
 
 
-def _evidence(run: Run, changes: ChangeSet, opts: TransitionOptions) -> str:
+def _evidence(run: Run, changes: ChangeSet, opts: TransitionOptions, checks: Verdict) -> str:
     lines = [f"# Phase {changes.from_phase} -> {changes.to_phase}: approval", "",
              "## What will change"]
     lines += [f"- {line}" for line in changes.describe()]
@@ -77,6 +81,7 @@ def _evidence(run: Run, changes: ChangeSet, opts: TransitionOptions) -> str:
                             opts.monthly_burn_usd)
     lines += ["", "## Financial check (seed D-1)"]
     lines += [f"- {item.name}: **{item.status}** ({item.detail})" for item in check.items]
+    lines += ["", f"## Preflight: {checks.summary}"]
     return "\n".join(lines)
 
 
@@ -94,17 +99,36 @@ def _record_answer(run: Run) -> Callable[[Any, Any], None]:
     return record_
 
 
-def _approve(run: Run, changes: ChangeSet, opts: TransitionOptions) -> None:
+def _approve(run: Run, changes: ChangeSet, opts: TransitionOptions, checks: Verdict) -> None:
     """Pause for the plan's approvals. Raises ApprovalRejected or ApprovalExpired."""
     timeout = opts.duration("approval_timeout") or run.plan.approvals.timeout
     poll = parse_duration(opts.approval_poll)
     with run.stage("approval"):
-        request_approvals(run.plan.approvals, _evidence(run, changes, opts),
+        request_approvals(run.plan.approvals, _evidence(run, changes, opts, checks),
                           int(timeout.total_seconds()), max(1, int(poll.total_seconds())),
                           _record_answer(run))
 
 
 # ---------------------------------------------------------------- before any change
+
+
+def _preflight(run: Run, changes: ChangeSet, opts: TransitionOptions) -> Verdict:
+    """The doctor's checks for this step (its hosts, its queries, the target phase's GPUs),
+    before anyone is asked to approve it: nobody approves a run that cannot work."""
+    current, target = changes.from_phase, changes.to_phase
+    scope = Scope(phases=(current, target), transitions=((min(current, target),
+                                                          max(current, target)),),
+                  current_phase=current,
+                  gpus_needed=tuple((h.name, h.gpus) for h in run.plan.phase(target).gpu_hosts))
+    verdict = preflight(run.plan, opts.prefix, opts.notifications, scope,
+                        prometheus_block=opts.prometheus_block)
+    create_markdown_artifact(key="transition-preflight", description=verdict.summary,
+                             markdown=f"# Preflight: {verdict.summary}\n\n"
+                                      f"{render_table(verdict.checks, markdown=True)}\n")
+    run.audit("preflight", ok=verdict.ok, summary=verdict.summary)
+    if not verdict.ok:
+        raise PreconditionFailed(f"preflight: {verdict.summary}")
+    return verdict
 
 
 def _backup(run: Run, backups: Path) -> None:
@@ -206,11 +230,16 @@ def phase_transition(target_phase: int | None = None, plan_path: str | None = No
     run.audit("requested", current=current, target=target, direction=direction,
               dry_run=opts.dry_run)
     changes = plan_changes(plan, current, target, run.vllm_ports)
+    try:
+        checks = run.step("preflight", lambda: _preflight(run, changes, opts))
+    except PreconditionFailed as exc:
+        run.ended(RunOutcome.STOPPED, str(exc))
+        raise
     with one_at_a_time(run):
         if current_phase(pg) != current:  # re-read under the lock: someone moved first
             raise SafetyStop(f"phase changed to {current_phase(pg)} meanwhile; run again")
         try:
-            _approve(run, changes, opts)
+            _approve(run, changes, opts, checks)
         except ApprovalExpired:
             run.ended(RunOutcome.EXPIRED)
             raise  # Prefect ends a timed-out pause Failed whatever we return

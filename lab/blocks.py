@@ -37,7 +37,9 @@ def lab_blocks(state: dict[str, Any]) -> dict[str, Block]:
             host=pg["host"], port=pg["port"], user=pg["user"], sslmode="disable"),
         LAB_BLOCK_NAME + "-redis": RedisConnection(host=r_host, port=int(r_port)),
         LAB_BLOCK_NAME + "-prometheus": PrometheusConnection(url=state["prometheus"]["url"]),
-        LAB_BLOCK_NAME + "-api": HttpEndpoint(url=state["api"]["url"]),
+        LAB_BLOCK_NAME + "-api": HttpEndpoint(url=state["api"]["url"], health_path="/healthz"),
+        LAB_BLOCK_NAME + "-alertmanager": HttpEndpoint(url=state["alertmanager"]["url"],
+                                                       health_path="/-/healthy"),
         LAB_BLOCK_NAME + "-reports": ReportStore(reports_dir=str(Path(state["dir"]) / "reports"),
                                                  backups_dir=str(Path(state["dir"]) / "backups")),
         LAB_BLOCK_NAME + "-gcp": GcpConnection(

@@ -20,7 +20,7 @@ from phasegate.policy.durations import format_duration, parse_duration
 from phasegate.policy.metrics import KNOWN_METRICS, is_known_metric
 
 __all__ = ["MIN_RANGE_WINDOW", "clamp_windows", "metric_names", "promql_problems",
-           "range_windows"]
+           "range_windows", "selectors"]
 
 # History is backfilled at a 5 min step: a shorter window can hold a single sample, and rate()
 # over one sample is empty. 10m guarantees two (lab/README.md, "History").
@@ -121,13 +121,15 @@ def _skip_label_list(tokens: list[_Token], index: int) -> int:
     return len(tokens)
 
 
-def _scan_names(tokens: list[_Token]) -> list[str]:
-    names: list[str] = []
+def _scan_names(tokens: list[_Token]) -> list[tuple[int, str]]:
+    """(token index, metric name) of every selector's name, in order of appearance."""
+    names: list[tuple[int, str]] = []
     index = 0
     while index < len(tokens):
         token = tokens[index]
         if token.kind == "braces":
-            names += [m.group(3) for m in _NAME_MATCHER.finditer(token.text) if m.group(1) == "="]
+            names += [(index, m.group(3)) for m in _NAME_MATCHER.finditer(token.text)
+                      if m.group(1) == "="]
         elif token.kind == "ident":
             word = token.text.lower()
             if word in _LABEL_LIST_KEYWORDS:
@@ -136,7 +138,7 @@ def _scan_names(tokens: list[_Token]) -> list[str]:
                 word in _KEYWORDS or word in _AGGREGATIONS or word in _LITERALS
                 or _next_is_open_paren(tokens, index)
             ):
-                names.append(token.text)
+                names.append((index, token.text))
         index += 1
     return names
 
@@ -144,7 +146,24 @@ def _scan_names(tokens: list[_Token]) -> list[str]:
 def metric_names(query: str) -> list[str]:
     """The metric names a PromQL query selects, in order of appearance, without duplicates."""
     tokens, _ = _tokenize(query)
-    return list(dict.fromkeys(_scan_names(tokens)))
+    return list(dict.fromkeys(name for _, name in _scan_names(tokens)))
+
+
+def selectors(query: str) -> list[str]:
+    """Every series selector of the query as it can be queried alone, without duplicates:
+    `http_requests_total{job="api",status=~"5.."}`, a bare `up`, or `{__name__="x"}`.
+    The preflight counts each one to say which selector of an empty query matches nothing."""
+    tokens, _ = _tokenize(query)
+    found: list[str] = []
+    for index, name in _scan_names(tokens):
+        token = tokens[index]
+        if token.kind == "braces":
+            found.append("{" + token.text + "}")
+        elif index + 1 < len(tokens) and tokens[index + 1].kind == "braces":
+            found.append(f"{name}{{{tokens[index + 1].text}}}")
+        else:
+            found.append(name)
+    return list(dict.fromkeys(found))
 
 
 def range_windows(query: str) -> list[str]:
@@ -222,6 +241,6 @@ def promql_problems(query: str, min_window: timedelta = MIN_RANGE_WINDOW) -> lis
     windows = [t.text.split(":", 1)[0].strip() for t in tokens if t.kind == "range"]
     return (
         _balance_problems(tokens)
-        + _name_problems(list(dict.fromkeys(_scan_names(tokens))))
+        + _name_problems(list(dict.fromkeys(n for _, n in _scan_names(tokens))))
         + _window_problems(windows, min_window)
     )

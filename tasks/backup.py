@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -31,7 +32,8 @@ from phasegate.tasks.gpu_hosts import run_remote
 from phasegate.tasks.postgres import MAIN_TABLES
 from phasegate.tasks.retrying import transient_retries
 
-__all__ = ["DatabaseBackup", "ModelArchive", "archive_models", "backup_database"]
+__all__ = ["DatabaseBackup", "ModelArchive", "archive_models", "backup_database",
+           "check_writable"]
 
 
 @dataclass(frozen=True)
@@ -204,3 +206,14 @@ def archive_models(host: GpuHost, models_dir: str, dest: str, archive_name: str 
     digest = run_remote(host, ["sha256sum", path], timeout_s=timeout_s).stdout.split()[0]
     size = _remote_int(host, ["stat", "-c", "%s", path], 0)
     return ModelArchive(host.name, path, size, digest, source_bytes, free, reused)
+
+
+def check_writable(directory: Path) -> str:
+    """The preflight's check of a directory a run writes to (reports, database dumps): it can
+    be created and written; returns its free space. Raises OSError otherwise."""
+    directory.mkdir(parents=True, exist_ok=True)
+    probe = directory / f".phasegate-write-check-{os.getpid()}"
+    probe.write_bytes(b"ok")
+    probe.unlink()
+    free_gb = shutil.disk_usage(directory).free / 1e9
+    return f"{directory}: writable, {free_gb:.1f} GB free"

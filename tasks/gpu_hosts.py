@@ -27,8 +27,9 @@ from phasegate.policy.gpus import GPU_QUERY_FIELDS, GpuInfo, parse_query_gpu_csv
 from phasegate.tasks.retrying import retried
 from phasegate.tasks.vllm import check_completion
 
-__all__ = ["CommandResult", "detect_gpus", "inspect_container", "remove_container",
-           "run_container", "run_remote", "stop_container", "wait_vllm_ready"]
+__all__ = ["CommandResult", "detect_gpus", "docker_answers", "inspect_container",
+           "remove_container", "run_container", "run_remote", "stop_container",
+           "wait_vllm_ready"]
 
 
 @dataclass(frozen=True)
@@ -224,3 +225,11 @@ def wait_vllm_ready(url: str, model: str, timeout_s: float = 300.0,
     check = check_completion.fn(url, model, timeout_s=remaining)
     return {"url": url, "waited_s": round(time.monotonic() - started, 3), "polls": polls,
             "completion": asdict(check)}
+
+
+def docker_answers(host: GpuHost, timeout_s: float) -> str:
+    """The preflight's docker probe: `docker ps -a` answers over SSH (the host key verified);
+    returns the containers it lists. Raises RemoteCommandFailed or RemoteTimeout."""
+    names = run_remote(host, ["docker", "ps", "-a", "--format", "{{.Names}}"],
+                       timeout_s=timeout_s).stdout.split()
+    return f"docker answers; containers: {', '.join(names) or 'none'}"

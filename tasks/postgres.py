@@ -11,7 +11,8 @@ from phasegate.blocks.systems import PostgresConnection
 from phasegate.errors import SourceUnavailable
 from phasegate.tasks.retrying import retried
 
-__all__ = ["MAIN_TABLES", "count_rows", "monthly_revenue", "sql_day_rows"]
+__all__ = ["MAIN_TABLES", "count_rows", "count_sql_rows", "monthly_revenue", "server_version",
+           "sql_day_rows"]
 
 MAIN_TABLES = ("users", "daily_active_users", "subscriptions", "payments", "feedback",
                "nps_responses")
@@ -55,3 +56,35 @@ def monthly_revenue(pg: PostgresConnection) -> float | None:
     except psycopg.OperationalError as exc:
         raise SourceUnavailable(f"PostgreSQL {pg.host}:{pg.port}: {exc}") from exc
     return None if row is None or row[0] is None else float(row[0])
+
+
+# ---------------------------------------------------------------- preflight probes
+# Plain functions (no task, no retry): the preflight wants the first answer, within its deadline.
+
+
+def server_version(pg: PostgresConnection, database: str) -> str:
+    """`server_version` of the server, connecting to `database`; raises SourceUnavailable."""
+    try:
+        with pg.get_connection(database) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+    except psycopg.Error as exc:
+        raise SourceUnavailable(f"PostgreSQL {pg.host}:{pg.port}/{database}: "
+                                f"{str(exc).strip()}") from exc
+    return str(row[0]) if row else "?"
+
+
+def count_sql_rows(pg: PostgresConnection, query: str, start: datetime, end: datetime,
+                   tz: str, timeout_s: float) -> int:
+    """How many rows one of the plan's SQL conditions returns for [start, end): read-only and
+    cut off by `statement_timeout`, so a probe never loads the business database for long.
+    Raises SourceUnavailable with the server's first line (a missing table, a wrong column)."""
+    try:
+        with pg.get_connection() as conn:
+            conn.read_only = True
+            with conn.transaction():
+                conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(
+                    sql.Literal(f"{int(timeout_s * 1000)}ms")))
+                rows = conn.execute(query, {"start": start, "end": end, "tz": tz}).fetchall()
+    except psycopg.Error as exc:
+        raise SourceUnavailable(str(exc).strip().splitlines()[0]) from exc
+    return len(rows)

@@ -10,11 +10,14 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import httpx
 from prefect import task
 
 from phasegate.blocks.systems import PrometheusConnection
+from phasegate.errors import SourceUnavailable
 
-__all__ = ["Measurement", "query_instant", "query_range"]
+__all__ = ["Measurement", "count_series", "jobs_of", "query_instant", "query_range",
+           "server_version"]
 
 
 @dataclass(frozen=True)
@@ -80,3 +83,33 @@ def _range_chunk(prom: PrometheusConnection, query: str, start: datetime, end: d
     if len(result) > 1:
         return Measurement(query, error=f"{len(result)} series; aggregate to one")
     return [(float(t), float(v)) for t, v in result[0]["values"]] if result else []
+
+
+# ---------------------------------------------------------------- preflight probes
+# Plain functions (no task, no retry): the preflight wants the first answer, within its deadline.
+
+
+def server_version(prom: PrometheusConnection) -> str:
+    """The server's version (`/api/v1/status/buildinfo`); raises SourceUnavailable."""
+    try:
+        resp = httpx.get(f"{prom.url.rstrip('/')}/api/v1/status/buildinfo",
+                         headers=prom.headers(), timeout=prom.timeout_s)
+        resp.raise_for_status()
+        return str(resp.json()["data"]["version"])
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        raise SourceUnavailable(f"Prometheus {prom.url}: {type(exc).__name__}: {exc}") from exc
+
+
+def count_series(prom: PrometheusConnection, query: str) -> int:
+    """How many series `query` returns now; raises SourceUnavailable when it fails."""
+    try:
+        return len(prom.get_client().custom_query(query=query))
+    except Exception as exc:  # noqa: BLE001 - the client raises several types
+        raise SourceUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+
+def jobs_of(prom: PrometheusConnection, metric: str) -> list[str]:
+    """The job labels that carry series named `metric` now (sorted)."""
+    quoted = metric.replace("\\", "\\\\").replace('"', '\\"')
+    result = prom.get_client().custom_query(query=f'count by (job) ({{__name__="{quoted}"}})')
+    return sorted(str(r["metric"].get("job", "")) for r in result)

@@ -15,7 +15,7 @@ from phasegate.errors import (
 )
 from phasegate.tasks.retrying import retried
 
-__all__ = ["apply_memory_config", "read_memory_config"]
+__all__ = ["apply_memory_config", "ping", "read_memory_config"]
 
 
 @retried
@@ -63,3 +63,16 @@ def apply_memory_config(rc: RedisConnection, maxmemory_bytes: int,
         raise VerificationFailed(f"Redis {rc.host}:{rc.port}: CONFIG GET reads {after} after "
                                  f"setting {wanted}")
     return {"before": before, "after": after, "changed": changed}
+
+
+def ping(rc: RedisConnection) -> str:
+    """PING, then the version and memory limit, for the preflight (no retry); raises
+    SourceUnavailable."""
+    try:
+        client = rc.get_client()
+        client.ping()
+        version = client.info("server")["redis_version"]
+        maxmemory = int(client.config_get("maxmemory").get("maxmemory") or 0)
+    except redis.exceptions.RedisError as exc:
+        raise SourceUnavailable(f"Redis {rc.host}:{rc.port}: {exc}") from exc
+    return f"Redis {version}, maxmemory {maxmemory} bytes"

@@ -35,7 +35,7 @@ from prefect.states import Crashed
 from phasegate.errors import PreconditionFailed, RemoteTimeout
 from phasegate.tasks.retrying import retried
 
-__all__ = ["TRANSITION_DEPLOYMENT", "TRANSITION_LIMIT", "create_transition_run",
+__all__ = ["TRANSITION_DEPLOYMENT", "TRANSITION_LIMIT", "create_transition_run", "describe_limit",
            "give_back_slot", "keep_slot", "mark_crashed", "open_transition_runs", "take_slot"]
 
 log = logging.getLogger(__name__)
@@ -150,3 +150,19 @@ def keep_slot(lease_id: str, lease_s: float) -> Iterator[None]:
     finally:
         stop.set()
         thread.join(timeout=10)
+
+
+def describe_limit() -> str:
+    """The preflight's check of the global concurrency limit that lets one transition run at
+    a time; raises PreconditionFailed when it is missing or does not allow exactly one."""
+    with get_client(sync_client=True) as client:
+        try:
+            limit = client.read_global_concurrency_limit_by_name(TRANSITION_LIMIT)
+        except ObjectNotFound as exc:
+            raise PreconditionFailed(f"no global concurrency limit '{TRANSITION_LIMIT}': create "
+                                     f"it with `prefect gcl create {TRANSITION_LIMIT} "
+                                     "--limit 1`") from exc
+    if limit.limit != 1 or not limit.active:
+        raise PreconditionFailed(f"'{TRANSITION_LIMIT}' allows {limit.limit} at a time "
+                                 f"(active: {limit.active}); it must allow exactly 1")
+    return f"'{TRANSITION_LIMIT}' allows 1 at a time; {limit.active_slots} in use"

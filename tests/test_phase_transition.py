@@ -153,7 +153,7 @@ def test_one_to_two_happy_path(lab: dict[str, Any], gpu2_installed: None) -> Non
         assert outcome == RunOutcome.SUCCEEDED.value == facts["outcome"] == ended[0]
         assert (facts["from_phase"], facts["to_phase"]) == (1, 2)
         assert [a["name"] for a in facts["approvals"]] == ["Alice Kim", "Bob Lee"]
-        assert [t["stage"] for t in facts["timeline"]] == ["approval", *STAGES]
+        assert [t["stage"] for t in facts["timeline"]] == ["preflight", "approval", *STAGES]
         assert state.result()["outcome"] == "succeeded"
     finally:
         if _phase(lab) == 2:  # the planned scale-down 2 -> 1, a transition like any other
@@ -191,13 +191,20 @@ def _scale_back(lab: dict[str, Any]) -> None:
     _assert_phase_1_intact(lab)
 
 
-def test_missing_gpu_stops_before_any_change(lab: dict[str, Any]) -> None:
-    t, out = _in_thread(lambda: phase_transition(target_phase=2, return_state=True, **FAST))
-    _answer("Alice Kim", "CTO", True)
-    _answer("Bob Lee", "CFO", True)
-    t.join(300)
-    state = out["state"]
-    assert state.is_failed() and "phase 2 needs 2 GPUs; gpu-1 has 1" in state.message
+def test_missing_gpu_stops_at_the_preflight_before_anyone_is_asked(lab: dict[str, Any]) -> None:
+    state = phase_transition(target_phase=2, return_state=True, **FAST)  # no pause: no answer
+    assert state.is_failed()
+    assert "preflight: " in state.message and "FAIL: gpu-1 nvidia-smi" in state.message
+    run_id = str(state.state_details.flow_run_id)
+    with psycopg.connect(lab["postgres"]["state_dsn"]) as conn:
+        asked = conn.execute("SELECT count(*) FROM approvals WHERE flow_run_id = %s",
+                             (run_id,)).fetchone()
+        ended = conn.execute("SELECT detail->>'outcome', detail->>'detail' FROM audit_log"
+                             " WHERE flow_run_id = %s AND action = 'outcome'",
+                             (run_id,)).fetchone()
+    assert asked == (0,)
+    assert ended[0] == RunOutcome.STOPPED.value
+    assert "1 GPU(s): NVIDIA RTX A6000; the target phase needs 2" in ended[1]
     assert _phase(lab) == 1
     _assert_phase_1_intact(lab)  # untouched
 

@@ -14,6 +14,7 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every registered subcommand."""
     from phasegate.cli.demo import register as demo_commands
+    from phasegate.cli.doctor import register as doctor_commands
     from phasegate.cli.lab import register as lab_commands
     from phasegate.cli.loadtest import register as loadtest_commands
     from phasegate.cli.measure import register as measure_commands
@@ -23,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phasegate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for register in (plan_commands, lab_commands, demo_commands, measure_commands,
-                     loadtest_commands, transition_commands):
+                     loadtest_commands, transition_commands, doctor_commands):
         register(sub)
     return parser
 
