@@ -13,6 +13,7 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every registered subcommand."""
+    from phasegate.cli.blocks import register as blocks_commands
     from phasegate.cli.demo import register as demo_commands
     from phasegate.cli.doctor import register as doctor_commands
     from phasegate.cli.lab import register as lab_commands
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phasegate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for register in (plan_commands, lab_commands, demo_commands, measure_commands,
-                     loadtest_commands, transition_commands, doctor_commands):
+                     loadtest_commands, transition_commands, doctor_commands, blocks_commands):
         register(sub)
     return parser
 
