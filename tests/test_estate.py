@@ -64,3 +64,25 @@ def test_secret_fields_are_found_from_the_block_types() -> None:
                    "service_account_info": '{"type": "service_account"}'}}
     with pytest.raises(ConfigError, match="prod-gcp.service_account_info is a secret"):
         estate_blocks(doc, "prod", _no_prompt)
+
+
+def test_the_documented_example_is_valid(monkeypatch: pytest.MonkeyPatch,
+                                         tmp_path: Path) -> None:
+    from phasegate.blocks.estate import read_estate
+
+    doc = read_estate(Path(__file__).parent.parent / "docs" / "estate.example.yaml")
+    for name in ("PHASEGATE_PG_PASSWORD", "PHASEGATE_REDIS_PASSWORD",
+                 "PHASEGATE_PROMETHEUS_TOKEN", "PHASEGATE_SLACK_WEBHOOK_URL"):
+        monkeypatch.setenv(name, "x")
+    files = {"/etc/phasegate/phasegate-sa.json": '{"type": "service_account"}',
+             "/etc/phasegate/ssh/id_ed25519": "key", "/etc/phasegate/ssh/known_hosts": "h"}
+    for key, fields in [("gcp", doc["gcp"]), *((h, f) for h, f in doc["gpu_hosts"].items())]:
+        for field, value in fields.items():
+            if isinstance(value, dict) and "file" in value:
+                path = tmp_path / f"{key}-{field}"
+                path.write_text(files[value["file"]])
+                fields[field] = {"file": str(path)}
+    names = [e.name for e in estate_blocks(doc, doc["prefix"], _no_prompt)]
+    assert names == ["prod-postgres", "prod-redis", "prod-prometheus", "prod-alertmanager",
+                     "prod-api", "prod-gcp", "prod-reports", "prod-gpu-1", "prod-gpu-2",
+                     "prod-notifications"]
