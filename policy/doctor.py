@@ -143,7 +143,8 @@ def render_table(checks: Sequence[Check], markdown: bool = False) -> str:
                   f"{c.why.replace('|', '/')} |" for c in rows]
         return "\n".join(lines)
     width = max([len(c.name) for c in rows] + [5])
-    lines = [f"{'system':<12} {'check':<{width}} {'':<4}  why"]
-    lines += [f"{c.system:<12} {c.name:<{width}} {'ok' if c.ok else 'FAIL':<4}  {c.why}"
-              for c in rows]
+    sys_width = max([len(c.system) for c in rows] + [6])
+    lines = [f"{'system':<{sys_width}} {'check':<{width}} {'':<4}  why"]
+    lines += [f"{c.system:<{sys_width}} {c.name:<{width}} {'ok' if c.ok else 'FAIL':<4}  "
+              f"{c.why}" for c in rows]
     return "\n".join(lines)
