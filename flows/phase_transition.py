@@ -127,7 +127,7 @@ def _preflight(run: Run, changes: ChangeSet, opts: TransitionOptions) -> Verdict
                                       f"{render_table(verdict.checks, markdown=True)}\n")
     run.audit("preflight", ok=verdict.ok, summary=verdict.summary)
     if not verdict.ok:
-        raise PreconditionFailed(f"preflight: {verdict.summary}")
+        raise PreconditionFailed(f"preflight: {verdict.explained}")
     return verdict
 
 

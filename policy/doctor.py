@@ -128,6 +128,14 @@ class Verdict:
         named = "; ".join(f"{c.system} {c.name}" for c in self.failures)
         return f"{len(self.checks)} checks, {len(self.failures)} FAIL: {named}"
 
+    @property
+    def explained(self) -> str:
+        """The summary with each failure's reason: what a refused run says."""
+        if self.ok or not self.checks:
+            return self.summary
+        reasons = "; ".join(f"{c.system} {c.name}: {c.why}" for c in self.failures)
+        return f"{len(self.checks)} checks, {len(self.failures)} FAIL: {reasons}"
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form: ok, summary, checks."""
         return {"ok": self.ok, "summary": self.summary,

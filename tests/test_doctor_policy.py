@@ -59,6 +59,7 @@ def test_no_data_is_never_a_pass_and_no_checks_is_not_ok() -> None:
     v = Verdict((ok, bad))
     assert not v.ok and v.failures == (bad,)
     assert v.summary == "2 checks, 1 FAIL: gpu-1 nvidia-smi"
+    assert v.explained == "2 checks, 1 FAIL: gpu-1 nvidia-smi: no answer within 10 s"
     assert bad.why == "no answer within 10 s"
     assert v.to_dict()["checks"][1]["ok"] is False
 

@@ -21,6 +21,7 @@ import psycopg
 import pytest
 import redis
 from _plans import light_plan
+from _proxy import Forwarder
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     FlowFilter,
@@ -103,7 +104,8 @@ def gpu2_installed(lab: dict[str, Any], lab_layout: Any) -> Iterator[None]:
     control.set_gpu_count(lab_layout, "gpu-1", 1)
 
 
-def test_rejection_ends_cleanly_without_change(lab: dict[str, Any]) -> None:
+def test_rejection_ends_cleanly_without_change(lab: dict[str, Any],
+                                               gpu2_installed: None) -> None:
     t, out = _in_thread(lambda: phase_transition(target_phase=2, return_state=True, **FAST))
     _answer("Alice Kim", "CTO", False, "not this week")
     t.join(60)
@@ -194,7 +196,8 @@ def _scale_back(lab: dict[str, Any]) -> None:
 def test_missing_gpu_stops_at_the_preflight_before_anyone_is_asked(lab: dict[str, Any]) -> None:
     state = phase_transition(target_phase=2, return_state=True, **FAST)  # no pause: no answer
     assert state.is_failed()
-    assert "preflight: " in state.message and "FAIL: gpu-1 nvidia-smi" in state.message
+    assert ("preflight: " in state.message and "FAIL: gpu-1 nvidia-smi: 1 GPU(s): NVIDIA RTX"
+            " A6000; the target phase needs 2" in state.message), state.message
     run_id = str(state.state_details.flow_run_id)
     with psycopg.connect(lab["postgres"]["state_dsn"]) as conn:
         asked = conn.execute("SELECT count(*) FROM approvals WHERE flow_run_id = %s",
@@ -209,7 +212,8 @@ def test_missing_gpu_stops_at_the_preflight_before_anyone_is_asked(lab: dict[str
     _assert_phase_1_intact(lab)  # untouched
 
 
-def test_one_person_cannot_approve_both_roles(lab: dict[str, Any]) -> None:
+def test_one_person_cannot_approve_both_roles(lab: dict[str, Any],
+                                              gpu2_installed: None) -> None:
     t, out = _in_thread(lambda: phase_transition(target_phase=2, return_state=True, **FAST))
     run_id = _answer("Alice Kim", "CTO", True)
     _answer("alice kim ", "CFO", True)   # same person, other spelling
@@ -226,7 +230,8 @@ def test_one_person_cannot_approve_both_roles(lab: dict[str, Any]) -> None:
     assert _phase(lab) == 1
 
 
-def test_second_transition_is_refused_while_one_runs(lab: dict[str, Any]) -> None:
+def test_second_transition_is_refused_while_one_runs(lab: dict[str, Any],
+                                                     gpu2_installed: None) -> None:
     t, out = _in_thread(lambda: phase_transition(target_phase=2, return_state=True, **FAST))
     run_id = _paused_run()
     try:
@@ -288,7 +293,8 @@ def _wait_audit(lab: dict[str, Any], run_id: str, action: str, timeout: float) -
     raise TimeoutError(f"{run_id}: {action}")
 
 
-def test_expired_approval_is_recorded_and_changes_nothing(lab: dict[str, Any]) -> None:
+def test_expired_approval_is_recorded_and_changes_nothing(lab: dict[str, Any],
+                                                          gpu2_installed: None) -> None:
     state = phase_transition(target_phase=2, return_state=True, **fast(approval_timeout="3s"))
     assert state.is_failed()
     with psycopg.connect(lab["postgres"]["state_dsn"]) as conn:
@@ -312,17 +318,24 @@ def test_backup_failure_stops_with_nothing_changed(lab: dict[str, Any],
 
 def test_prometheus_down_during_watch_rolls_back(lab: dict[str, Any],
                                                  gpu2_installed: None) -> None:
-    from phasegate.blocks.systems import PrometheusConnection
-    from phasegate.lab.procs import free_port
+    """Prometheus answers the preflight and the changes, then goes down (a forwarder to it is
+    cut once the watch starts): the watch errors and the run rolls back."""
+    from urllib.parse import urlsplit
 
-    PrometheusConnection(url=f"http://127.0.0.1:{free_port()}", timeout_s=1).save(
-        "dead-prometheus", overwrite=True)
-    t, out = _in_thread(lambda: phase_transition(
-        target_phase=2, return_state=True,
-        **fast(prometheus_block="dead-prometheus", watch_duration="20s", watch_interval="1s")))
-    run_id = _answer("Alice Kim", "CTO", True)
-    _answer("Bob Lee", "CFO", True)
-    t.join(300)
+    from phasegate.blocks.systems import PrometheusConnection
+
+    prom = urlsplit(lab["prometheus"]["url"])
+    with Forwarder(str(prom.hostname), int(prom.port or 80)) as link:
+        PrometheusConnection(url=link.url, timeout_s=1).save("dying-prometheus", overwrite=True)
+        t, out = _in_thread(lambda: phase_transition(
+            target_phase=2, return_state=True,
+            **fast(prometheus_block="dying-prometheus", watch_duration="20s",
+                   watch_interval="1s")))
+        run_id = _answer("Alice Kim", "CTO", True)
+        _answer("Bob Lee", "CFO", True)
+        _wait_audit(lab, run_id, "stage metric watch: started", 240)
+        link.cut()
+        t.join(300)
     state = out["state"]
     assert state.is_failed() and "metric watch error" in state.message, state.message
     _assert_phase_1_intact(lab)
