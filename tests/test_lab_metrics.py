@@ -48,7 +48,7 @@ def test_every_plan_query_returns_a_series(lab: dict[str, Any]) -> None:
     'pg_stat_database_xact_commit{job="postgres",datname="dreamseed"}',
     'redis_memory_used_bytes{job="redis"}',
     'node_filesystem_avail_bytes{mountpoint="/var/lib/postgresql"}',
-    'DCGM_FI_DEV_GPU_UTIL{job="gpu"}',
+    'DCGM_FI_DEV_GPU_UTIL{job="gpu",Hostname="gpu-1",gpu="0"}',  # other tests add GPUs
     'api_active_connections{job="api-server"}',
     'vllm:kv_cache_usage_perc{job="vllm"}',
 ])
