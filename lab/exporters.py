@@ -9,10 +9,11 @@ starting their systemd units (the units would bind every interface on the standa
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from phasegate.lab.layout import LabLayout
-from phasegate.lab.procs import spawn, wait_port
+from phasegate.lab.procs import spawn, stop_pid, wait_port
 
 __all__ = ["NODE_EXPORTER", "POSTGRES_EXPORTER", "REDIS_EXPORTER", "node_exporter_argv",
            "primary_net_device", "start_node_exporter", "start_postgres_exporter",
@@ -22,6 +23,7 @@ REDIS_EXPORTER = "prometheus-redis-exporter"
 POSTGRES_EXPORTER = "prometheus-postgres-exporter"
 NODE_EXPORTER = "prometheus-node-exporter"
 _READY_S = 15.0
+Record = Callable[[int], None]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -31,24 +33,37 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start_redis_exporter(layout: LabLayout, port: int, redis_url: str) -> int:
-    """redis_exporter against `redis_url`, serving 127.0.0.1:`port`; returns its PID."""
-    argv = [REDIS_EXPORTER, f"-web.listen-address=127.0.0.1:{port}"]
-    # The address in the environment, as a password would be (REDIS_PASSWORD): never argv.
-    pid = spawn(argv, layout.logs_dir / "redis_exporter.log", env=_env(REDIS_ADDR=redis_url))
-    wait_port(port, _READY_S)
+def _start(layout: LabLayout, name: str, argv: Sequence[str], env: Mapping[str, str],
+           port: int, record: Record | None) -> int:
+    """Spawn, hand the PID to `record` at once (so `lab down` can stop it even when it never
+    listens), then wait for the port; without `record` a failed start is stopped here."""
+    pid = spawn(argv, layout.logs_dir / f"{name}.log", env=env)
+    if record is not None:
+        record(pid)
+    try:
+        wait_port(port, _READY_S)
+    except TimeoutError:
+        if record is None:
+            stop_pid(pid)
+        raise
     return pid
 
 
-def start_postgres_exporter(layout: LabLayout, port: int, dsn: str) -> int:
+def start_redis_exporter(layout: LabLayout, port: int, redis_url: str,
+                         record: Record | None = None) -> int:
+    """redis_exporter against `redis_url`, serving 127.0.0.1:`port`; returns its PID."""
+    argv = [REDIS_EXPORTER, f"-web.listen-address=127.0.0.1:{port}"]
+    # The address in the environment, as a password would be (REDIS_PASSWORD): never argv.
+    return _start(layout, "redis_exporter", argv, _env(REDIS_ADDR=redis_url), port, record)
+
+
+def start_postgres_exporter(layout: LabLayout, port: int, dsn: str,
+                            record: Record | None = None) -> int:
     """postgres_exporter with DATA_SOURCE_NAME=`dsn` (sslmode added if missing)."""
     if "sslmode=" not in dsn:  # the lab's server has no TLS; lib/pq defaults to require
         dsn += ("&" if "?" in dsn else "?") + "sslmode=disable"
     argv = [POSTGRES_EXPORTER, f"--web.listen-address=127.0.0.1:{port}"]
-    pid = spawn(argv, layout.logs_dir / "postgres_exporter.log",
-                env=_env(DATA_SOURCE_NAME=dsn))
-    wait_port(port, _READY_S)
-    return pid
+    return _start(layout, "postgres_exporter", argv, _env(DATA_SOURCE_NAME=dsn), port, record)
 
 
 def node_exporter_argv(port: int) -> list[str]:
@@ -57,11 +72,9 @@ def node_exporter_argv(port: int) -> list[str]:
     return [NODE_EXPORTER, f"--web.listen-address=127.0.0.1:{port}", "--no-collector.systemd"]
 
 
-def start_node_exporter(layout: LabLayout, port: int) -> int:
+def start_node_exporter(layout: LabLayout, port: int, record: Record | None = None) -> int:
     """node_exporter for this machine, serving 127.0.0.1:`port`; returns its PID."""
-    pid = spawn(node_exporter_argv(port), layout.logs_dir / "node_exporter.log", env=_env())
-    wait_port(port, _READY_S)
-    return pid
+    return _start(layout, "node_exporter", node_exporter_argv(port), _env(), port, record)
 
 
 def primary_net_device(proc_net_dev: Path = Path("/proc/net/dev"),

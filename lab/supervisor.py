@@ -8,6 +8,7 @@ until each one really answers, and records everything in `<lab>/lab.json` as it 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -360,11 +361,12 @@ def _exporters(layout: LabLayout, state: _State) -> None:
               "--port", str(ports["gpu_exporter"]))
     _spawn_py(layout, state, "disk_exporter", "phasegate.lab.disk_exporter",
               "--port", str(ports["disk_exporter"]), "--pg-dsn", pg_dsn)
-    state.add_pid("redis_exporter", exporters.start_redis_exporter(
-        layout, ports["redis_exporter"], state.data["redis"]["url"]))
-    state.add_pid("postgres_exporter",
-                  exporters.start_postgres_exporter(layout, ports["postgres_exporter"], pg_dsn))
-    state.add_pid("node_exporter", exporters.start_node_exporter(layout, ports["node_exporter"]))
+    exporters.start_redis_exporter(layout, ports["redis_exporter"], state.data["redis"]["url"],
+                                   functools.partial(state.add_pid, "redis_exporter"))
+    exporters.start_postgres_exporter(layout, ports["postgres_exporter"], pg_dsn,
+                                      functools.partial(state.add_pid, "postgres_exporter"))
+    exporters.start_node_exporter(layout, ports["node_exporter"],
+                                  functools.partial(state.add_pid, "node_exporter"))
     wait_port(ports["gpu_exporter"], 15)
     wait_port(ports["disk_exporter"], 15)
 
