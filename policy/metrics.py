@@ -1,6 +1,7 @@
 """The catalog of metric names phasegate knows: what the real systems export (the lab runs the
-real redis, postgres and node exporters; its simulators export the rest under the same names). The plan validator refuses PromQL that names a metric
-not listed here, so a typo fails at `plan check`, not as "no data" two weeks later.
+real redis, postgres and node exporters; its simulators export the rest under the same
+names). The plan validator refuses PromQL that names a metric not listed here, so a typo fails
+at `plan check`, not as "no data" two weeks later.
 
 Names follow the real exporters: vLLM (vllm/v1/metrics/loggers.py), NVIDIA dcgm-exporter,
 oliver006/redis_exporter, prometheus-community/postgres_exporter, node_exporter, and the API's
