@@ -77,7 +77,8 @@ def _evidence(run: Run, changes: ChangeSet, opts: TransitionOptions, checks: Ver
         report = state_store.last_trigger_report(conn, changes.to_phase)
     summary = report["summary"] if report else "no trigger evaluation recorded"
     lines += ["", "## Triggers", f"- {summary}"]
-    check = financial_check(monthly_revenue(run.pg), changes.cost_after_usd, opts.cash_usd,
+    revenue = monthly_revenue(run.pg, run.plan.business.monthly_revenue_sql)
+    check = financial_check(revenue, changes.cost_after_usd, opts.cash_usd,
                             opts.monthly_burn_usd)
     lines += ["", "## Financial check (seed D-1)"]
     lines += [f"- {item.name}: **{item.status}** ({item.detail})" for item in check.items]

@@ -1,9 +1,10 @@
 """Backfilled Prometheus history: the world's 5-minute slots as OpenMetrics, loaded by promtool.
 
 `write_openmetrics(path, world, labels, end)` writes every series the live scrape produces
-(jobs api, vllm, dcgm, infra; same names as `policy.metrics`, same labels as the live targets)
-from the first slot of the world up to `end` (the lab passes `now - 1 minute`, so the history
-never overlaps the head block the live scrape fills). `load_history(path, tsdb_dir)` runs
+(jobs api-server, vllm, gpu, redis, postgres, node, lab-disk; same names as `policy.metrics`,
+same labels as the live targets and the real exporters give) from the first slot of the world
+up to `end` (the lab passes `now - 1 minute`, so the history never overlaps the head block the
+live scrape fills). `load_history(path, tsdb_dir)` runs
 `promtool tsdb create-blocks-from openmetrics --max-block-duration=720h` into Prometheus' data
 directory BEFORE Prometheus starts.
 
@@ -36,6 +37,8 @@ import numpy as np
 import pandas as pd
 
 from phasegate.errors import LabError
+from phasegate.lab.disk_exporter import PG_DEVICE, PG_FSTYPE, PG_MOUNTPOINT
+from phasegate.lab.monitoring import APP_DB_OID
 from phasegate.lab.world import (
     FEEDBACK_SHARE,
     GPU_FB_TOTAL_MIB,
@@ -67,21 +70,26 @@ class HistoryLabels:
 
     api_instance: str = "127.0.0.1:8080"
     vllm_instance: str = "127.0.0.1:8000"
-    dcgm_instance: str = "127.0.0.1:9400"
-    infra_instance: str = "127.0.0.1:9100"
+    gpu_instance: str = "127.0.0.1:9400"
+    redis_instance: str = "127.0.0.1:9121"
+    postgres_instance: str = "127.0.0.1:9187"
+    node_instance: str = "127.0.0.1:9100"
+    disk_instance: str = "127.0.0.1:9101"
     gpu_host: str = "gpu-1"
     gpu_uuid: str = "GPU-5f1c0c4e-8c3d-4d7e-9a51-0c6f3b1e2a77"
     gpu_model: str = "NVIDIA RTX A6000"
     model_name: str = "Llama-2-13b-chat-hf"
     datname: str = "dreamseed"
-    mountpoint: str = "/var/lib/postgresql"
-    net_device: str = "lo"
+    datid: str = str(APP_DB_OID)
+    pg_server: str = "127.0.0.1:5432"   # postgres_exporter 0.11 labels series server=host:port
+    net_device: str = "eth0"    # the machine's NIC, as node_exporter names it
 
     @classmethod
     def for_lab(cls, ports: Mapping[str, int], gpus: Sequence[Mapping[str, Any]] = (),
-                host: str = "gpu-1") -> HistoryLabels:
-        """Labels for a lab whose parts listen on `ports` (supervisor port names) and whose
-        `host` has the GPU inventory `gpus` (first GPU's uuid and name)."""
+                host: str = "gpu-1", net_device: str = "eth0") -> HistoryLabels:
+        """Labels for a lab whose parts listen on `ports` (supervisor port names), whose
+        `host` has the GPU inventory `gpus` (first GPU's uuid and name) and whose network
+        interface (node_exporter's device label) is `net_device`."""
         def inst(key: str, default: str) -> str:
             return f"127.0.0.1:{ports[key]}" if key in ports else default
 
@@ -89,10 +97,14 @@ class HistoryLabels:
         gpu = gpus[0] if gpus else {}
         return cls(api_instance=inst("api", base.api_instance),
                    vllm_instance=inst(f"vllm:{host}", base.vllm_instance),
-                   dcgm_instance=inst("gpu_exporter", base.dcgm_instance),
-                   infra_instance=inst("infra_exporter", base.infra_instance), gpu_host=host,
+                   gpu_instance=inst("gpu_exporter", base.gpu_instance),
+                   redis_instance=inst("redis_exporter", base.redis_instance),
+                   postgres_instance=inst("postgres_exporter", base.postgres_instance),
+                   node_instance=inst("node_exporter", base.node_instance),
+                   disk_instance=inst("disk_exporter", base.disk_instance),
+                   pg_server=inst("postgres", base.pg_server), gpu_host=host,
                    gpu_uuid=str(gpu.get("uuid", base.gpu_uuid)),
-                   gpu_model=str(gpu.get("name", base.gpu_model)))
+                   gpu_model=str(gpu.get("name", base.gpu_model)), net_device=net_device)
 
 
 # ---------------------------------------------------------------- series values
@@ -191,27 +203,36 @@ def _dcgm_families(s: pd.DataFrame, job: dict[str, str]) -> list[_Family]:
                    np.minimum(s["fb_used_mib"].to_numpy(), GPU_FB_TOTAL_MIB))]
 
 
-def _infra_families(s: pd.DataFrame, job: dict[str, str], lb: HistoryLabels) -> list[_Family]:
+def _redis_families(s: pd.DataFrame, job: dict[str, str]) -> list[_Family]:
+    return [_gauge("redis_memory_used_bytes", "Redis used memory", job,
+                   np.round(s["redis_used_bytes"].to_numpy())),
+            _gauge("redis_memory_max_bytes", "Redis maxmemory", job,
+                   np.full(len(s), float(REDIS_MAX_BYTES)))]
+
+
+def _postgres_families(s: pd.DataFrame, job: dict[str, str], lb: HistoryLabels
+                       ) -> list[_Family]:
     tps = s["db_tps"].to_numpy() * SLOT_S
-    db = {**job, "datname": lb.datname}
-    fs, net = {**job, "mountpoint": lb.mountpoint}, {**job, "device": lb.net_device}
-    rps = s["rps"].to_numpy() * SLOT_S
+    db = {**job, "datid": lb.datid, "datname": lb.datname, "server": lb.pg_server}
+    return [_untyped("pg_stat_database_xact_commit", "Transactions committed", db,
+                     _counter(tps * 0.996)),
+            _untyped("pg_stat_database_xact_rollback", "Transactions rolled back", db,
+                     _counter(tps * 0.004))]
+
+
+def _node_families(s: pd.DataFrame, job: dict[str, str], lb: HistoryLabels) -> list[_Family]:
+    net, rps = {**job, "device": lb.net_device}, s["rps"].to_numpy() * SLOT_S
+    return [_one_counter("node_network_receive_bytes", "Bytes received", net, rps * 2_500.0),
+            _one_counter("node_network_transmit_bytes", "Bytes sent", net, rps * 18_000.0)]
+
+
+def _disk_families(s: pd.DataFrame, job: dict[str, str]) -> list[_Family]:
+    """The simulated PostgreSQL volume, with the labels lab.disk_exporter gives it."""
+    fs = {**job, "device": PG_DEVICE, "fstype": PG_FSTYPE, "mountpoint": PG_MOUNTPOINT}
     grow = np.linspace(0.0, 1.0, len(s))
-    return [
-        _gauge("redis_memory_used_bytes", "Redis used memory", job,
-               np.round(s["redis_used_bytes"].to_numpy())),
-        _gauge("redis_memory_max_bytes", "Redis maxmemory", job,
-               np.full(len(s), float(REDIS_MAX_BYTES))),
-        _untyped("pg_stat_database_xact_commit", "Transactions committed", db,
-                 _counter(tps * 0.996)),
-        _untyped("pg_stat_database_xact_rollback", "Transactions rolled back", db,
-                 _counter(tps * 0.004)),
-        _gauge("node_filesystem_size_bytes", "Filesystem size", fs, np.full(len(s), _FS_SIZE)),
-        _gauge("node_filesystem_avail_bytes", "Filesystem free space", fs,
-               np.round(_FS_SIZE * (0.78 - 0.06 * grow))),
-        _one_counter("node_network_receive_bytes", "Bytes received", net, rps * 2_500.0),
-        _one_counter("node_network_transmit_bytes", "Bytes sent", net, rps * 18_000.0),
-    ]
+    return [_gauge("node_filesystem_size_bytes", "Filesystem size", fs, np.full(len(s), _FS_SIZE)),
+            _gauge("node_filesystem_avail_bytes", "Filesystem free space", fs,
+                   np.round(_FS_SIZE * (0.78 - 0.06 * grow)))]
 
 
 def _hist_series(base: str, labels: dict[str, str], h: dict[str, np.ndarray]
@@ -252,14 +273,16 @@ def _fmt_values(v: np.ndarray) -> list[str]:
 
 
 def _families(s: pd.DataFrame, lb: HistoryLabels) -> list[_Family]:
-    api = {"job": "api", "instance": lb.api_instance}
+    api = {"job": "api-server", "instance": lb.api_instance}
     vllm = {"job": "vllm", "instance": lb.vllm_instance, "host": lb.gpu_host,
             "model_name": lb.model_name, "engine": "0"}
-    dcgm = {"job": "dcgm", "instance": lb.dcgm_instance, "gpu": "0", "UUID": lb.gpu_uuid,
-            "device": "nvidia0", "modelName": lb.gpu_model, "Hostname": lb.gpu_host}
-    infra = {"job": "infra", "instance": lb.infra_instance}
-    return (_api_families(s, api) + _vllm_families(s, vllm) + _dcgm_families(s, dcgm)
-            + _infra_families(s, infra, lb))
+    gpu = {"job": "gpu", "instance": lb.gpu_instance, "gpu": "0", "UUID": lb.gpu_uuid,
+           "device": "nvidia0", "modelName": lb.gpu_model, "Hostname": lb.gpu_host}
+    return (_api_families(s, api) + _vllm_families(s, vllm) + _dcgm_families(s, gpu)
+            + _redis_families(s, {"job": "redis", "instance": lb.redis_instance})
+            + _postgres_families(s, {"job": "postgres", "instance": lb.postgres_instance}, lb)
+            + _node_families(s, {"job": "node", "instance": lb.node_instance}, lb)
+            + _disk_families(s, {"job": "lab-disk", "instance": lb.disk_instance}))
 
 
 class _Writer:

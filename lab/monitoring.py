@@ -7,9 +7,21 @@ from typing import Any
 
 import yaml
 
-__all__ = ["SCRAPE_INTERVAL_S", "write_alertmanager_config", "write_prometheus_config"]
+__all__ = ["APP_DB_OID", "JOBS", "SCRAPE_INTERVAL_S", "write_alertmanager_config",
+           "write_prometheus_config"]
 
 SCRAPE_INTERVAL_S = 2  # short, so a time-compressed watch has data (min_window 5s)
+
+# Prometheus job -> the supervisor's port name of its one target. The seed's prometheus.yml
+# names api-server, gpu, postgres and redis; node_exporter's job is `node`, the name its own
+# documentation and Prometheus' getting-started guide give it (the seed has no node job).
+# `lab-disk` is lab-only: the simulated PostgreSQL data volume (lab.disk_exporter).
+JOBS = {"api-server": "api", "gpu": "gpu_exporter", "redis": "redis_exporter",
+        "postgres": "postgres_exporter", "node": "node_exporter", "lab-disk": "disk_exporter"}
+# The app database's OID, fixed when the lab creates it: postgres_exporter labels its
+# pg_stat_database series with datid, and the backfilled history (written while PostgreSQL
+# starts) must carry the same label. Far above the OIDs a fresh cluster hands out first.
+APP_DB_OID = 50000
 
 # A lab-only rule: a scrape target of the lab is down. Scaling alert rules come from the plan.
 _LAB_RULES = {
@@ -17,7 +29,7 @@ _LAB_RULES = {
         "name": "lab",
         "rules": [{
             "alert": "LabTargetDown",
-            "expr": 'up{job=~"api|dcgm|infra"} == 0',
+            "expr": f'up{{job=~"{"|".join(JOBS)}"}} == 0',
             "for": "30s",
             "labels": {"severity": "warning"},
             "annotations": {"summary": "lab target {{ $labels.job }} is down"},
@@ -28,11 +40,9 @@ _LAB_RULES = {
 
 def write_prometheus_config(path: Path, ports: dict[str, int], vllm_targets: dict[str, int],
                             alertmanager_port: int) -> None:
-    """Write prometheus.yml: jobs api, vllm (one target per GPU host), dcgm, infra."""
-    jobs: list[dict[str, Any]] = [
-        _job("api", [ports["api"]]),
-        _job("dcgm", [ports["gpu_exporter"]]),
-        _job("infra", [ports["infra_exporter"]]),
+    """Write prometheus.yml: the JOBS, and vllm with one target per GPU host."""
+    jobs: list[dict[str, Any]] = [_job(job, [ports[part]]) for job, part in JOBS.items()]
+    jobs += [
         {"job_name": "vllm", "static_configs": [
             {"targets": [f"127.0.0.1:{port}"], "labels": {"host": host}}
             for host, port in sorted(vllm_targets.items())

@@ -8,6 +8,7 @@ until each one really answers, and records everything in `<lab>/lab.json` as it 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -27,9 +28,14 @@ import httpx
 
 from phasegate.constants import LAB_DIR_ENV, VLLM_URLS_ENV
 from phasegate.errors import LabError
-from phasegate.lab import control, services
+from phasegate.lab import control, exporters, services
 from phasegate.lab.layout import LabLayout
-from phasegate.lab.monitoring import write_alertmanager_config, write_prometheus_config
+from phasegate.lab.monitoring import (
+    APP_DB_OID,
+    JOBS,
+    write_alertmanager_config,
+    write_prometheus_config,
+)
 from phasegate.lab.procs import (
     free_port,
     pid_alive,
@@ -45,8 +51,10 @@ __all__ = ["UpOptions", "down", "load_state", "status", "up"]
 
 GCP_PROJECT, GCP_REGION, GCP_ZONE, GCP_SERVICE = (
     "dreamseed-prod", "asia-northeast3", "asia-northeast3-a", "dreamseed-api")
+# The exporters that read Redis and PostgreSQL (stopped before them) and the machine.
+EXPORTERS = ["redis_exporter", "postgres_exporter", "node_exporter", "disk_exporter"]
 # Stop order: load first, then consumers, then the stores they write to.
-_STOP_ORDER = ["traffic", "api", "infra_exporter", "gpu_exporter", "prometheus",
+_STOP_ORDER = ["traffic", "api", *EXPORTERS, "gpu_exporter", "prometheus",
                "alertmanager", "gcp", "receiver", "prefect", "redis", "postgres"]
 
 
@@ -146,7 +154,7 @@ def up(layout: LabLayout, opts: UpOptions | None = None) -> dict[str, Any]:
                        f"(pids {sorted(_alive(old).values())}); run `phasegate lab down` first")
     hosts = sorted(opts.gpus)
     names = ["postgres", "redis", "prometheus", "alertmanager", "prefect", "api", "gpu_exporter",
-             "infra_exporter", "gcp", "receiver"]
+             *EXPORTERS, "gcp", "receiver"]
     names += [f"ssh:{h}" for h in hosts] + [f"vllm:{h}" for h in hosts]
     if old:  # a restarted container keeps its published port, so its URL must too
         old.setdefault("ports", {}).update(_recorded_vllm_ports(layout, hosts))
@@ -246,6 +254,9 @@ def _postgres(layout: LabLayout, state: _State, world: Any) -> None:
     pg["data_dir"] = str(root)
     with psycopg.connect(pg["dsn"], autocommit=True) as conn:
         existing = {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
+        if "dreamseed" not in existing:  # a fixed OID: the history's datid label is known
+            conn.execute(f'CREATE DATABASE "dreamseed" OID {APP_DB_OID}')
+            existing.add("dreamseed")
         for db in ("dreamseed", "phasegate"):
             if db not in existing:
                 conn.execute(f'CREATE DATABASE "{db}"')
@@ -270,7 +281,8 @@ def _prometheus(layout: LabLayout, state: _State, world: Any, opts: UpOptions) -
     if not tsdb.exists():
         om = layout.prometheus_dir / "history.om"
         end = datetime.fromisoformat(state.data["world_anchor"]) - timedelta(minutes=1)
-        labels = HistoryLabels.for_lab(ports, control.read_gpus(layout, "gpu-1"))
+        labels = HistoryLabels.for_lab(ports, control.read_gpus(layout, "gpu-1"),
+                                       net_device=exporters.primary_net_device())
         write_openmetrics(om, world, labels, end)
         load_history(om, tsdb)
         om.unlink()
@@ -342,14 +354,21 @@ def _gpu_hosts(layout: LabLayout, state: _State, opts: UpOptions) -> None:
 
 
 def _exporters(layout: LabLayout, state: _State) -> None:
-    ports = state.data["ports"]
+    """The real Debian exporters (lab.exporters), the simulated GPUs' DCGM exporter and the
+    lab-only disk source; each on its own port, in the job lab.monitoring.JOBS gives it."""
+    ports, pg_dsn = state.data["ports"], state.data["postgres"]["dsn"]
     _spawn_py(layout, state, "gpu_exporter", "phasegate.lab.gpu_exporter",
               "--port", str(ports["gpu_exporter"]))
-    _spawn_py(layout, state, "infra_exporter", "phasegate.lab.infra_exporter",
-              "--port", str(ports["infra_exporter"]), "--redis-url", state.data["redis"]["url"],
-              "--pg-dsn", state.data["postgres"]["app_dsn"])
+    _spawn_py(layout, state, "disk_exporter", "phasegate.lab.disk_exporter",
+              "--port", str(ports["disk_exporter"]), "--pg-dsn", pg_dsn)
+    exporters.start_redis_exporter(layout, ports["redis_exporter"], state.data["redis"]["url"],
+                                   functools.partial(state.add_pid, "redis_exporter"))
+    exporters.start_postgres_exporter(layout, ports["postgres_exporter"], pg_dsn,
+                                      functools.partial(state.add_pid, "postgres_exporter"))
+    exporters.start_node_exporter(layout, ports["node_exporter"],
+                                  functools.partial(state.add_pid, "node_exporter"))
     wait_port(ports["gpu_exporter"], 15)
-    wait_port(ports["infra_exporter"], 15)
+    wait_port(ports["disk_exporter"], 15)
 
 
 def host_env(layout: LabLayout, host: str) -> dict[str, str]:
@@ -408,11 +427,12 @@ def _wait_scraped(state: _State) -> None:
     """Wait until Prometheus has scraped every always-on target (up == 1), as queries need."""
     url = state.data["prometheus"]["url"] + "/api/v1/query"
     first_host = state.data["gpu_hosts"][0]["name"]
-    query = f'up{{job=~"api|dcgm|infra"}} == 1 or up{{job="vllm",host="{first_host}"}} == 1'
+    query = (f'up{{job=~"{"|".join(JOBS)}"}} == 1'
+             f' or up{{job="vllm",host="{first_host}"}} == 1')
 
     def all_up() -> bool:
         result = httpx.get(url, params={"query": query}, timeout=2).json()["data"]["result"]
-        return len(result) >= 4
+        return len(result) >= len(JOBS) + 1
 
     wait_for(all_up, 60, interval=0.5, what="prometheus first scrape")
 

@@ -1,6 +1,7 @@
-"""The catalog of metric names phasegate knows: what the real systems export (and the lab's
-simulators export under the same names). The plan validator refuses PromQL that names a metric
-not listed here, so a typo fails at `plan check`, not as "no data" two weeks later.
+"""The catalog of metric names phasegate knows: what the real systems export (the lab runs the
+real redis, postgres and node exporters; its simulators export the rest under the same
+names). The plan validator refuses PromQL that names a metric not listed here, so a typo fails
+at `plan check`, not as "no data" two weeks later.
 
 Names follow the real exporters: vLLM (vllm/v1/metrics/loggers.py), NVIDIA dcgm-exporter,
 oliver006/redis_exporter, prometheus-community/postgres_exporter, node_exporter, and the API's
@@ -61,6 +62,7 @@ _PLAIN: frozenset[str] = frozenset({
     "redis_keyspace_hits_total",
     "redis_keyspace_misses_total",
     "redis_commands_processed_total",
+    "redis_evicted_keys_total",       # keys evicted by maxmemory-policy
     # postgres_exporter, labels: datname
     "pg_up",
     "pg_stat_database_xact_commit",
@@ -68,11 +70,15 @@ _PLAIN: frozenset[str] = frozenset({
     "pg_stat_database_tup_returned",
     "pg_stat_database_numbackends",
     "pg_database_size_bytes",
+    "pg_stat_replication_pg_wal_lsn_diff",  # on a primary: each replica's lag in bytes
     # node_exporter, labels: mountpoint / device
     "node_filesystem_size_bytes",
     "node_filesystem_avail_bytes",
     "node_network_receive_bytes_total",
     "node_network_transmit_bytes_total",
+    "node_cpu_seconds_total",         # labels cpu, mode
+    "node_memory_MemAvailable_bytes",
+    "node_memory_MemTotal_bytes",
 })
 
 KNOWN_METRICS: frozenset[str] = _PLAIN | HISTOGRAM_BASES | frozenset(

@@ -58,6 +58,7 @@ __all__ = [
     "PLAN_FORMAT_VERSION",
     "Approvals",
     "Bound",
+    "Business",
     "ChecklistItem",
     "ChecklistStage",
     "CloudRun",
@@ -87,6 +88,7 @@ __all__ = [
     "k6_threshold_problems",
     "load_plan",
     "parse_duration",
+    "scalar_sql_problems",
     "sql_problems",
     "validate_plan_data",
 ]
@@ -211,6 +213,27 @@ def _check_sql(query: str) -> str:
 
 
 SQL = Annotated[str, AfterValidator(_check_sql)]
+
+
+def scalar_sql_problems(query: str) -> list[str]:
+    """Problems with a one-number query (business figures): one SELECT statement, no
+    parameters (it is run as written, so a % needs no doubling)."""
+    problems = []
+    if not _SQL_START.match(query):
+        problems.append("must be one SELECT (or WITH ... SELECT) statement")
+    if ";" in query.strip().rstrip(";"):
+        problems.append("must be a single statement (found ';' inside)")
+    if re.search(r"%\(\w+\)s", query):
+        problems.append("takes no parameters: it is run as written")
+    return problems
+
+
+def _check_scalar_sql(query: str) -> str:
+    _raise_problems([("", reason) for reason in scalar_sql_problems(query)])
+    return query
+
+
+ScalarSQL = Annotated[str, AfterValidator(_check_scalar_sql)]
 
 
 # ---------------------------------------------------------------- phases
@@ -754,6 +777,15 @@ def _structure_problems(numbers: list[int], ends: list[tuple[int, Any, Any]]) ->
     return problems
 
 
+class Business(_Model):
+    """Business figures read from the app database, as the plan's SQL conditions are: the
+    product knows no table of it. Each query returns one row with one number."""
+
+    monthly_revenue_sql: ScalarSQL | None = Field(
+        default=None, description="revenue of the last 30 days in USD (seed D-1 financial "
+                                  "check: revenue >= 3 x next month's cost); none: unknown")
+
+
 class Plan(_Model):
     """The whole phase plan. Phases are keyed by number (1..N); transitions go N -> N+1."""
 
@@ -763,6 +795,7 @@ class Plan(_Model):
     approvals: Approvals
     phases: dict[PositiveInt, Phase] = Field(min_length=1)
     transitions: list[Transition]
+    business: Business = Business()
 
     @field_validator("version")
     @classmethod

@@ -151,7 +151,7 @@ def metric_names(query: str) -> list[str]:
 
 def selectors(query: str) -> list[str]:
     """Every series selector of the query as it can be queried alone, without duplicates:
-    `http_requests_total{job="api",status=~"5.."}`, a bare `up`, or `{__name__="x"}`.
+    `http_requests_total{handler="/q",status=~"5.."}`, a bare `up`, or `{__name__="x"}`.
     The preflight counts each one to say which selector of an empty query matches nothing."""
     tokens, _ = _tokenize(query)
     found: list[str] = []

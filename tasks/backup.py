@@ -29,7 +29,7 @@ from phasegate.errors import (
     VerificationFailed,
 )
 from phasegate.tasks.gpu_hosts import run_remote
-from phasegate.tasks.postgres import MAIN_TABLES
+from phasegate.tasks.postgres import app_tables, count_tables
 from phasegate.tasks.retrying import transient_retries
 
 __all__ = ["DatabaseBackup", "ModelArchive", "archive_models", "backup_database",
@@ -44,7 +44,7 @@ class DatabaseBackup:
     bytes: int
     sha256: str
     database: str
-    row_counts: dict[str, int]
+    row_counts: dict[str, int]  # {"schema.table": rows} of every table of the dump
     verified_in: str  # the scratch database the dump was restored into (dropped since)
     seconds: float
 
@@ -97,18 +97,15 @@ def _pg_tool(pg: PostgresConnection, argv: Sequence[str], timeout_s: float) -> N
         raise VerificationFailed(f"{argv[0]} exited {out.returncode}: {out.stderr.strip()[:500]}")
 
 
-def _count(conn: psycopg.Connection[Any], tables: Sequence[str]) -> dict[str, int]:
-    counts = {}
-    for t in tables:
-        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t)))
-        counts[t] = int(row.fetchone()[0])  # type: ignore[index]
-    return counts
+def _count_all(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """Row counts of every table the database holds (discovered from pg_catalog)."""
+    return count_tables(conn, app_tables(conn))
 
 
-def _dump(pg: PostgresConnection, path: Path, tables: Sequence[str],
-          timeout_s: float) -> dict[str, int]:
-    """pg_dump -Fc of the app database into `path`; returns the row counts of `tables` in the
-    very snapshot the dump saw (an exported snapshot), so live writes cannot fake a mismatch."""
+def _dump(pg: PostgresConnection, path: Path, timeout_s: float) -> dict[str, int]:
+    """pg_dump -Fc of the app database into `path`; returns the row counts of every table in
+    the very snapshot the dump saw (an exported snapshot), so live writes cannot fake a
+    mismatch and a table created meanwhile is in both or in neither."""
     try:
         conn = pg.get_connection()
     except psycopg.OperationalError as exc:
@@ -117,7 +114,7 @@ def _dump(pg: PostgresConnection, path: Path, tables: Sequence[str],
     with conn:
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         snapshot = str(conn.execute("SELECT pg_export_snapshot()").fetchone()[0])  # type: ignore[index]
-        counts = _count(conn, tables)
+        counts = _count_all(conn)
         _pg_tool(pg, ["pg_dump", "-Fc", "--snapshot", snapshot, "-f", str(path),
                       "-d", pg.app_database], timeout_s)
         conn.rollback()
@@ -140,11 +137,11 @@ def _scratch_database(pg: PostgresConnection, name: str) -> Iterator[PostgresCon
 
 @transient_retries(1, [3])
 def backup_database(pg: PostgresConnection, dest_dir: Path,
-                    tables: tuple[str, ...] = MAIN_TABLES,
                     timeout_s: float = 1800.0) -> DatabaseBackup:
     """Dump the app database (pg_dump -Fc) into `dest_dir`, checksum it, restore it into a
-    scratch database `<app>_verify_<ts>` and compare the row counts of `tables`; the scratch
-    database is always dropped.
+    scratch database `<app>_verify_<ts>` and compare the row counts of every table (the
+    source's tables in the dump's snapshot against the restored database's: a table missing on
+    either side is a mismatch too); the scratch database is always dropped.
 
     Raises VerificationFailed when a tool fails or the counts differ; SourceUnavailable when
     the database cannot be reached (each attempt writes a new file: a retry is safe)."""
@@ -152,7 +149,7 @@ def backup_database(pg: PostgresConnection, dest_dir: Path,
     dest_dir.mkdir(parents=True, exist_ok=True)
     path = dest_dir / f"{pg.app_database}-{ts}.dump"
     try:
-        source = _dump(pg, path, tables, timeout_s)
+        source = _dump(pg, path, timeout_s)
     except BaseException:
         path.unlink(missing_ok=True)  # a partial dump must never pass for a backup
         raise
@@ -162,12 +159,19 @@ def backup_database(pg: PostgresConnection, dest_dir: Path,
         _pg_tool(target, ["pg_restore", "--no-owner", "--no-acl", "--exit-on-error",
                           "-d", scratch, str(path)], timeout_s)
         with target.get_connection() as conn:
-            restored = _count(conn, tables)
+            restored = _count_all(conn)
     if restored != source:
-        raise VerificationFailed(f"backup {path}: restored row counts {restored} differ from "
-                                 f"the source's {source}")
+        raise VerificationFailed(f"backup {path}: restored row counts differ from the "
+                                 f"source's: {_differences(source, restored)}")
     return DatabaseBackup(str(path), path.stat().st_size, digest, pg.app_database, source,
                           scratch, round(time.monotonic() - started, 3))
+
+
+def _differences(source: dict[str, int], restored: dict[str, int]) -> str:
+    """'public.t: 5 -> 4, public.u: 3 -> missing' for the tables whose counts differ."""
+    diff = [f"{t}: {source.get(t, 'missing')} -> {restored.get(t, 'missing')}"
+            for t in sorted(source.keys() | restored.keys()) if source.get(t) != restored.get(t)]
+    return ", ".join(diff)
 
 
 def _remote_int(host: GpuHost, argv: list[str], column: int) -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date, datetime
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -11,21 +13,41 @@ from phasegate.blocks.systems import PostgresConnection
 from phasegate.errors import SourceUnavailable
 from phasegate.tasks.retrying import retried
 
-__all__ = ["MAIN_TABLES", "count_rows", "count_sql_rows", "monthly_revenue", "server_version",
+__all__ = ["TABLES_SQL", "app_tables", "count_rows", "count_sql_rows", "count_tables",
+           "monthly_revenue", "server_version",
            "sql_day_rows"]
 
-MAIN_TABLES = ("users", "daily_active_users", "subscriptions", "payments", "feedback",
-               "nps_responses")
+# Every ordinary table of the database's own schemas (what pg_dump dumps), not the catalogs;
+# partitions are tables of their own, so their parents (relkind 'p') are not counted twice.
+TABLES_SQL = (
+    "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE c.relkind = 'r' AND n.nspname <> 'information_schema'"
+    " AND n.nspname NOT LIKE 'pg\\_%' ORDER BY 1, 2"
+)
+
+
+def app_tables(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+    """(schema, table) of every table of the connected database (discovered, not listed)."""
+    return [(str(r[0]), str(r[1])) for r in conn.execute(TABLES_SQL).fetchall()]
+
+
+def count_tables(conn: psycopg.Connection[Any],
+                 tables: Sequence[tuple[str, str]]) -> dict[str, int]:
+    """{"schema.table": row count} of `tables`, in the connection's current snapshot."""
+    counts = {}
+    for schema, table in tables:
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+            sql.Identifier(schema, table))).fetchone()
+        counts[f"{schema}.{table}"] = int(row[0]) if row else 0
+    return counts
 
 
 @retried
-def count_rows(pg: PostgresConnection, tables: tuple[str, ...] = MAIN_TABLES) -> dict[str, int]:
-    """Row count of each table of the app database."""
+def count_rows(pg: PostgresConnection) -> dict[str, int]:
+    """Row count of every table of the app database ({"schema.table": rows})."""
     try:
         with pg.get_connection() as conn:
-            return {t: int(conn.execute(  # type: ignore[index]
-                sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t))).fetchone()[0])
-                for t in tables}
+            return count_tables(conn, app_tables(conn))
     except psycopg.OperationalError as exc:
         raise SourceUnavailable(f"PostgreSQL {pg.host}:{pg.port}: {exc}") from exc
 
@@ -47,12 +69,15 @@ def sql_day_rows(pg: PostgresConnection, query: str, start: datetime, end: datet
 
 
 @retried
-def monthly_revenue(pg: PostgresConnection) -> float | None:
-    """Succeeded payments of the last 30 days (USD), the seed's "monthly revenue"."""
+def monthly_revenue(pg: PostgresConnection, query: str | None) -> float | None:
+    """The seed's "monthly revenue" (USD): the plan's `business.monthly_revenue_sql`, one row
+    and one number, run read-only on the app database. None without a query or a value."""
+    if query is None:
+        return None
     try:
         with pg.get_connection() as conn:
-            row = conn.execute("SELECT sum(amount_usd) FROM payments WHERE status = 'succeeded'"
-                               " AND paid_at >= now() - interval '30 days'").fetchone()
+            conn.read_only = True
+            row = conn.execute(query).fetchone()
     except psycopg.OperationalError as exc:
         raise SourceUnavailable(f"PostgreSQL {pg.host}:{pg.port}: {exc}") from exc
     return None if row is None or row[0] is None else float(row[0])

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 from phasegate.errors import LabError
+from phasegate.lab.disk_exporter import PG_MOUNTPOINT
 from phasegate.lab.history import HistoryLabels, load_history, write_openmetrics
+from phasegate.lab.monitoring import APP_DB_OID, JOBS
 from phasegate.lab.procs import free_port, spawn, stop_pid, wait_for
 from phasegate.lab.world import TZ, World
 from phasegate.policy.metrics import HISTOGRAM_BASES, KNOWN_METRICS
@@ -176,3 +178,21 @@ def test_load_history_reports_promtool_errors(tmp_path: Path) -> None:
     bad.write_text("# TYPE x gauge\nx{a=\"1\"} not-a-number 1\n# EOF\n")
     with pytest.raises(LabError, match="promtool exited"):
         load_history(bad, tmp_path / "tsdb")
+
+
+def test_jobs_and_labels_are_the_live_scrapes(prom: str) -> None:
+    """The seed's job names, and the labels the real exporters give each series."""
+    def labels(q: str) -> list[dict[str, str]]:
+        return [r["metric"] for r in _query(prom, q, END.timestamp())]
+
+    jobs = {m["job"] for m in labels("count by (job) ({__name__=~'.+'})")}
+    assert jobs == {*JOBS, "vllm"}
+    [pg] = labels("pg_stat_database_xact_commit")
+    assert pg == {"__name__": "pg_stat_database_xact_commit", "job": "postgres",
+                  "instance": LABELS.postgres_instance, "datid": str(APP_DB_OID),
+                  "datname": "dreamseed", "server": LABELS.pg_server}
+    [disk] = labels("node_filesystem_avail_bytes")
+    assert disk["job"] == "lab-disk" and disk["mountpoint"] == PG_MOUNTPOINT
+    assert {m["device"] for m in labels("node_network_receive_bytes_total{job='node'}")} \
+        == {LABELS.net_device}
+    assert {m["job"] for m in labels("redis_memory_used_bytes")} == {"redis"}

@@ -21,6 +21,7 @@ from phasegate.blocks.systems import GpuHost, PostgresConnection, load_block
 from phasegate.errors import PreconditionFailed
 from phasegate.lab import control
 from phasegate.lab.blocks import gpu_host_block
+from phasegate.lab.monitoring import JOBS
 from phasegate.tasks.gpu_hosts import detect_gpus, run_remote
 
 pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("lab")]  # one lab, one worker
@@ -66,8 +67,8 @@ def test_prometheus_has_90_days_of_history_and_live_scrapes(lab: dict[str, Any])
     series = prom.custom_query_range("avg(DCGM_FI_DEV_GPU_UTIL)", start_time=end -
                                      timedelta(days=89), end_time=end, step="1d")
     assert len(series) == 1 and len(series[0]["values"]) >= 85
-    up = prom.custom_query('up{job=~"api|dcgm|infra"}')
-    assert {s["metric"]["job"] for s in up if s["value"][1] == "1"} == {"api", "dcgm", "infra"}
+    up = prom.custom_query("up")
+    assert {s["metric"]["job"] for s in up if s["value"][1] == "1"} == {*JOBS, "vllm"}
 
 
 def test_alertmanager_is_ready(lab: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ from phasegate.policy.plan import (
     SQLSource,
     k6_threshold_problems,
     load_plan,
+    scalar_sql_problems,
     sql_problems,
     validate_plan_data,
 )
@@ -376,3 +377,20 @@ def test_sql_problems() -> None:
 ])
 def test_k6_thresholds(key: str, expressions: list[str], ok: bool) -> None:
     assert (k6_threshold_problems(key, expressions) == []) is ok
+
+
+@pytest.mark.parametrize(("query", "reason"), [
+    ("DELETE FROM payments", "must be one SELECT"),
+    ("SELECT 1; SELECT 2", "single statement"),
+    ("SELECT sum(x) FROM t WHERE day >= %(start)s", "takes no parameters"),
+])
+def test_business_sql_is_one_parameterless_select(query: str, reason: str) -> None:
+    assert any(reason in p for p in scalar_sql_problems(query))
+
+
+def test_the_default_plan_has_the_revenue_query_and_a_plan_may_omit_it() -> None:
+    plan = load_plan()
+    assert plan.business.monthly_revenue_sql is not None
+    assert scalar_sql_problems(plan.business.monthly_revenue_sql) == []
+    bare = validate_plan_data({**_data(), "business": {}})
+    assert bare.business.monthly_revenue_sql is None

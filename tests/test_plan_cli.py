@@ -36,8 +36,8 @@ def test_check_invalid_plan_lists_every_problem(
 ) -> None:
     text = DEFAULT_PLAN_PATH.read_text(encoding="utf-8")
     text = text.replace("      max_instances: 8 ", "      max_instances: -8 ", 1)
-    text = text.replace("query: avg(DCGM_FI_DEV_GPU_UTIL)\n          step",
-                        "query: avg(DCGM_GPU_UTIL)\n          step", 1)
+    text = text.replace('query: avg(DCGM_FI_DEV_GPU_UTIL{job="gpu"})\n          step',
+                        'query: avg(DCGM_GPU_UTIL{job="gpu"})\n          step', 1)
     path = tmp_path / "plan.yaml"
     path.write_text(text, encoding="utf-8")
     code, out = _run(["plan", "check", str(path)], capsys)

@@ -49,7 +49,7 @@ from phasegate.tasks.gpu_hosts import (
     stop_container,
     wait_vllm_ready,
 )
-from phasegate.tasks.postgres import count_rows
+from phasegate.tasks.postgres import count_rows, monthly_revenue
 from phasegate.tasks.redis_cache import apply_memory_config, read_memory_config
 from phasegate.tasks.state_store import (
     close_snapshots,
@@ -95,9 +95,36 @@ def test_database_backup_is_restored_counted_and_checksummed(lab: dict[str, Any]
     assert dump.parent == tmp_path / "backups" and dump.stat().st_size == backup.bytes > 0
     assert sha256_file(dump) == backup.sha256
     assert backup.sha256 == hashlib.sha256(dump.read_bytes()).hexdigest()
-    assert backup.row_counts == count_rows.fn(pg) and all(backup.row_counts.values())
+    assert backup.row_counts == count_rows.fn(pg) and sum(backup.row_counts.values()) > 0
+    assert {"public.users", "public.payments", "public.questions"} <= set(backup.row_counts)
     assert backup.verified_in.startswith("dreamseed_verify_")
     assert _verify_databases(pg) == []
+
+
+def test_backup_counts_every_table_of_the_dump_any_schema(lab: dict[str, Any],
+                                                         tmp_path: Path) -> None:
+    pg = load_block(PostgresConnection, "lab-postgres")
+    with pg.get_connection() as conn:
+        conn.execute("CREATE SCHEMA extra")
+        conn.execute("CREATE TABLE extra.ledger AS SELECT g AS n FROM generate_series(1, 7) g")
+    try:
+        backup = backup_database.fn(pg, tmp_path)
+    finally:
+        with pg.get_connection() as conn:
+            conn.execute("DROP SCHEMA extra CASCADE")
+    assert backup.row_counts["extra.ledger"] == 7
+    assert "extra.ledger" not in count_rows.fn(pg)
+
+
+def test_monthly_revenue_runs_the_plans_query(lab: dict[str, Any]) -> None:
+    pg = load_block(PostgresConnection, "lab-postgres")
+    query = load_plan().business.monthly_revenue_sql
+    assert query is not None
+    with pg.get_connection() as conn:
+        want = conn.execute("SELECT sum(amount_usd) FROM payments WHERE status = 'succeeded'"
+                            " AND paid_at >= now() - interval '30 days'").fetchone()[0]  # type: ignore[index]
+    assert monthly_revenue.fn(pg, query) == pytest.approx(float(want)) and want > 0
+    assert monthly_revenue.fn(pg, None) is None
 
 
 def test_failed_backup_raises_and_leaves_no_scratch_database(lab: dict[str, Any],
