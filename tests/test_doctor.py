@@ -18,6 +18,7 @@ import yaml
 
 from phasegate.blocks.systems import PrometheusConnection
 from phasegate.flows.doctor import Scope, doctor, preflight
+from phasegate.policy.doctor import plan_queries
 from phasegate.policy.plan import DEFAULT_PLAN_PATH, load_plan
 
 pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("lab")]  # one lab, one worker
@@ -39,7 +40,7 @@ def test_doctor_passes_on_the_lab(lab: dict[str, Any]) -> None:
                        "vllm", "api", "cloud run", "compute", "notifications", "reports",
                        "prefect"}
     queries = [c for c in doc["checks"] if c["name"].startswith(("promql ", "sql "))]
-    assert len(queries) >= 30 and all(c["ok"] for c in queries)
+    assert len(queries) == len(plan_queries(load_plan())) and all(c["ok"] for c in queries)
 
 
 def test_a_wrong_job_label_is_named(lab: dict[str, Any], tmp_path: Path) -> None:
