@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from _targets import Running, answer_at, start_target, stop_target
 
-from phasegate.errors import SafetyStop
-from phasegate.loadtest.engine import Progress, run
+from phasegate.errors import ConfigError
+from phasegate.loadtest.engine import Progress, check_target, run
 from phasegate.loadtest.http import HttpClient, Target, parse_target
 from phasegate.loadtest.options import adhoc_options
 from phasegate.policy.loadtest.scenario import arrival_offsets, parse_options
@@ -203,10 +203,20 @@ def test_llm_mode_against_the_vllm_simulator(tmp_path: Path) -> None:
     assert m["llm_itl"]["med"] > 0
 
 
-def test_only_loopback_targets_unless_allowed() -> None:
-    opts = adhoc_options({"executor": "constant-vus", "vus": 1, "duration": "1s"}, request=GET)
-    with pytest.raises(SafetyStop):
-        run(opts, "http://10.1.2.3:8080")
+@pytest.mark.parametrize(("url", "target"), [
+    ("https://api.example.com", Target("api.example.com", 443, "", True)),
+    ("https://api.example.com:8443/base/", Target("api.example.com", 8443, "/base", True)),
+    ("http://10.1.2.3", Target("10.1.2.3", 80, "", False)),
+])
+def test_any_http_or_https_target_is_accepted(url: str, target: Target) -> None:
+    # parsed only: the tests send load to 127.0.0.1 alone
+    assert check_target(url) == target and target.url.startswith(url.split(":")[0])
+
+
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1/", "127.0.0.1:80", "https://"])
+def test_other_targets_are_config_errors(url: str) -> None:
+    with pytest.raises(ConfigError):
+        check_target(url)
 
 
 def test_client_handles_keepalive_chunked_errors_and_timeouts(llm_stub: Running,

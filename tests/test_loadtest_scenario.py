@@ -272,8 +272,9 @@ def test_scaled_keeps_rates_and_scales_time() -> None:
     assert isinstance(lab, RampingVus)
     assert [s.duration for s in lab.stages] == [timedelta(seconds=12), timedelta(seconds=30),
                                                  timedelta(seconds=12)]
+    # iterations keep their real length, so their graceful periods do too
     assert (lab.start_time, lab.graceful_stop, lab.graceful_ramp_down) == (
-        timedelta(seconds=1), timedelta(seconds=3), timedelta(seconds=3))
+        timedelta(seconds=1), timedelta(seconds=30), timedelta(seconds=30))
     assert vus_at(lab, 6) == 250 and lab.max_vus == 500
     fast = scaled(_one({**CAR, "timeUnit": "1m", "rate": 600}), 0.5)
     assert isinstance(fast, ConstantArrivalRate)

@@ -475,17 +475,19 @@ def _scale(value: timedelta, factor: float) -> timedelta:
 
 
 def scaled(scenario: AnyScenario, factor: float) -> AnyScenario:
-    """The scenario with every duration (duration, stages, start_time, graceful_stop,
-    graceful_ramp_down) times `factor`; VU counts, rates and time_unit unchanged.
+    """The scenario with its schedule (duration, stages, start_time) times `factor`; VU
+    counts, rates, time_unit, graceful_stop and graceful_ramp_down unchanged.
 
-    Raises ValueError unless factor > 0.
+    The graceful periods are not scaled because an iteration is not: think time keeps its real
+    length, so a 3-second journey still needs its 30 s gracefulStop to finish, as under k6
+    (scaling it cut the iterations k6 lets finish, and the counts differed). Raises ValueError
+    unless factor > 0.
     """
     if not factor > 0:
         raise ValueError(f"scale factor must be above 0, got {factor}")
     update: dict[str, Any] = {
         name: _scale(getattr(scenario, name), factor)
-        for name in ("start_time", "graceful_stop", "duration", "graceful_ramp_down")
-        if name in type(scenario).model_fields
+        for name in ("start_time", "duration") if name in type(scenario).model_fields
     }
     if isinstance(scenario, RampingVus | RampingArrivalRate):
         update["stages"] = [Stage(duration=_scale(s.duration, factor), target=s.target)
