@@ -193,6 +193,7 @@ class _Engine:
                  tls: TlsOptions = TlsOptions()) -> None:
         self.options, self.target, self.scale, self.progress = options, target, scale, progress
         # One context for every VU: loading the CA store once, not once per connection.
+        self.tls = tls
         self.ssl = tls_context(tls.ca_file, tls.insecure) if target.tls else None
         if target.tls and tls.insecure:
             log.warning("TLS certificate verification is OFF for %s (--insecure)", target.host)
@@ -324,7 +325,7 @@ class _Engine:
         """Run every scenario; stop early on abortOnFail or at the hard deadline. Raises
         TlsVerificationFailed before any load when an https target's certificate is refused."""
         if self.ssl is not None:
-            await tls_preflight(self.target, self.ssl)
+            await tls_preflight(self.target, self.ssl, self.tls.ca_file)
         self.rec.t0 = _now()  # the run's clock starts with the load, after the preflight
         main = self._spawn(self._all())
         monitor = self._spawn(self._monitor())

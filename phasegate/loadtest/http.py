@@ -109,11 +109,13 @@ def _tls_reason(exc: ssl.SSLError) -> str:
     return exc.reason or str(exc)
 
 
-async def tls_preflight(target: Target, ctx: ssl.SSLContext, timeout_s: float = 10.0) -> None:
+async def tls_preflight(target: Target, ctx: ssl.SSLContext, ca_file: str | None = None,
+                        timeout_s: float = 10.0) -> None:
     """One TLS handshake with `target` before the load starts. Raises TlsVerificationFailed
     naming the host and the reason (untrusted issuer, hostname mismatch, expired, no TLS) so a
     bad certificate ends the run at once. A target that does not answer at all is not an
-    error here: the run measures it (its requests fail, as k6's would)."""
+    error here: the run measures it (its requests fail, as k6's would). `ca_file` only names
+    where the trusted CAs came from, in the message."""
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout_s):
@@ -121,7 +123,8 @@ async def tls_preflight(target: Target, ctx: ssl.SSLContext, timeout_s: float = 
                 asyncio.Protocol, target.host, target.port, ssl=ctx,
                 server_hostname=target.host)
     except ssl.SSLError as exc:
-        hint = "" if ctx.verify_mode == ssl.CERT_NONE else _ca_hint()
+        untrusted = getattr(exc, "verify_code", None) in _UNTRUSTED
+        hint = _ca_hint(ca_file) if untrusted else ""
         raise TlsVerificationFailed(
             f"TLS to {target.host}:{target.port} failed: {_tls_reason(exc)}{hint}") from exc
     except (OSError, TimeoutError):
@@ -129,10 +132,16 @@ async def tls_preflight(target: Target, ctx: ssl.SSLContext, timeout_s: float = 
     transport.abort()
 
 
-def _ca_hint() -> str:
+# OpenSSL verify codes meaning "no trusted CA signed this" (where the hint helps).
+_UNTRUSTED = frozenset({2, 18, 19, 20, 21})
+
+
+def _ca_hint(ca_file: str | None) -> str:
     where = os.environ.get("SSL_CERT_FILE")
-    return (f" (CA file from SSL_CERT_FILE: {where}; --ca-file PATH for a private CA)" if where
-            else " (verified against the system CA store; --ca-file PATH for a private CA)")
+    if ca_file:
+        return f" (trusted CAs: {ca_file} only)"
+    return (f" (trusted CAs from SSL_CERT_FILE={where}; --ca-file PATH for a private CA)"
+            if where else " (trusted CAs: the system store; --ca-file PATH for a private CA)")
 
 
 @dataclass(slots=True)
