@@ -282,7 +282,7 @@ class _Engine:
         sc.active = lambda: len(pool.running)
         for offset in arrival_offsets(sc.spec):
             intended = start + offset
-            if intended >= end:
+            if intended > end + 1e-6:  # the schedule ends at `end` (one due at `end` runs)
                 break
             await self._until(intended)
             vu = pool.take(self._new_vu)

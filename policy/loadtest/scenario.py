@@ -428,11 +428,15 @@ def _ramp_offsets(first: int, start_rate: float, end_rate: float, length: float,
 def arrival_offsets(scenario: AnyScenario) -> Iterator[float]:
     """The intended start of every iteration, seconds since the scenario's start, in order.
 
-    Lazy: a long ramp at a high rate yields millions. Raises TypeError for VU executors.
+    As k6 1.1 schedules them (measured against it): constant-arrival-rate starts one at 0 and
+    one every period up to and including the duration's end (10/s for 1 s is 11 iterations),
+    ramping-arrival-rate one each time the rate's integral reaches a whole number, up to and
+    including the end. Lazy: a long ramp at a high rate yields millions. Raises TypeError for
+    VU executors.
     """
     if isinstance(scenario, ConstantArrivalRate):
         period = _seconds(scenario.time_unit) / scenario.rate
-        count = math.ceil(_seconds(scenario.duration) / period - 1e-9)
+        count = math.floor(_seconds(scenario.duration) / period + 1e-9) + 1
         return (i * period for i in range(count))
     if isinstance(scenario, RampingArrivalRate):
         return _ramping_offsets(scenario)
