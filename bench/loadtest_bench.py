@@ -88,8 +88,16 @@ def _cpu_children() -> float:
 
 # ------------------------------------------------------------------ case (a): throughput
 
+def _loopback(url: str) -> str:
+    """The benchmark's rule (not the product's): load goes to 127.0.0.1 only."""
+    if parse_target(url).host != "127.0.0.1":
+        raise SystemExit(f"refusing to load {url}: the benchmarks target 127.0.0.1 only")
+    return url
+
+
 def run_wrk(url: str, seconds: float) -> Row:
     """wrk -t1 -c64 pinned to the generator CPU; CPU time from wait4's rusage."""
+    _loopback(url)
     argv = ["taskset", "-c", str(GEN_CPU), "wrk", "-t1", f"-c{CONNS}", f"-d{seconds:.0f}s", url]
     before = _cpu_children()
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30).stdout
@@ -169,6 +177,7 @@ def run_engine(url: str, seconds: float, ca: str | None = None, path: str = "/")
     """The whole engine: constant-vus 64, one GET per iteration, every sample recorded."""
     from phasegate.loadtest.engine import run
 
+    _loopback(url)
     opts = adhoc_options({"executor": "constant-vus", "vus": CONNS,
                           "duration": f"{seconds:.0f}s"}, request={**GET_ROOT, "PATH": path})
     cpu0, t0 = _cpu_self(), time.monotonic()
@@ -202,6 +211,7 @@ def _k6(script: str, seconds: float, env: dict[str, str]) -> tuple[dict[str, Any
 
 def run_k6_vus(url: str, seconds: float, ca: str | None = None) -> Row:
     """k6 constant-vus 64, one GET per iteration (the engine's row, in k6)."""
+    _loopback(url)
     env = {"URL": url, **({"SSL_CERT_FILE": ca} if ca else {})}
     summary, cpu = _k6(K6_VUS_SCRIPT % (CONNS, seconds), seconds, env)
     reqs = summary["metrics"]["http_reqs"]

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import ipaddress
 import os
 import socket
 import ssl
@@ -41,8 +40,8 @@ import httptools
 
 from phasegate.errors import ConfigError, TlsVerificationFailed
 
-__all__ = ["ChunkSink", "HttpClient", "Response", "Target", "is_loopback", "parse_target",
-           "tls_context", "tls_preflight"]
+__all__ = ["ChunkSink", "HttpClient", "Response", "Target", "parse_target", "tls_context",
+           "tls_preflight"]
 
 ChunkSink = Callable[[bytes, float], None]
 _now = time.monotonic
@@ -61,17 +60,6 @@ class Target:
     def url(self) -> str:
         """The target as a URL."""
         return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}{self.base_path}"
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and 'localhost' (the tests' and benchmarks' rule: they load
-    this machine only; the product loads whatever target it is given)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_target(url: str) -> Target:
