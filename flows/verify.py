@@ -36,14 +36,17 @@ SETTLE_TIMEOUT_S = 120.0
 
 
 def load_test(run: Run, to_phase: int, scale: float) -> dict[str, Any]:
-    """The phase's load test against the API; raises VerificationFailed naming every
-    threshold it missed."""
+    """The phase's load test against the API Block's URL, whatever host it is (https
+    verified against the system CA store); the built-in engine, or real k6 when the plan
+    names the phase's k6 script. Raises VerificationFailed naming every threshold it
+    missed."""
     summary = run_load_test(phase=to_phase, target=run.api.url, scale=scale,
                             plan_path=run.plan_path)
     if summary["exit_code"] != 0:
         failed = [f"{name}: {expr} (observed {v.get('observed')})"
                   for name, stats in summary.get("metrics", {}).items()
                   for expr, v in stats.get("thresholds", {}).items() if not v.get("ok", True)]
+        failed += [f"k6 script: {t}" for t in summary.get("k6", {}).get("failed_thresholds", [])]
         raise VerificationFailed(f"load test failed (exit {summary['exit_code']}): "
                                  f"{'; '.join(failed) or summary.get('abort_reason')}")
     return summary

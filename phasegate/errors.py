@@ -12,6 +12,7 @@ Retries and rollback branch on these types, never on message text::
     ├── PermanentError                retrying the same call cannot help
     │   ├── RemoteCommandFailed       a command on a GPU host exited non-zero
     │   ├── PreconditionFailed        the world is not as required (e.g. too few GPUs)
+    │   │   └── TlsVerificationFailed a server's TLS certificate was refused (host, reason)
     │   └── VerificationFailed        an applied change did not read back as intended
     ├── SafetyStop                    a guard refused to act; nothing was changed
     │   ├── ApprovalRejected          an approver said no
@@ -38,6 +39,7 @@ __all__ = [
     "RemoteTimeout",
     "SafetyStop",
     "SourceUnavailable",
+    "TlsVerificationFailed",
     "TransientError",
     "TransitionLocked",
     "VerificationFailed",
@@ -92,6 +94,11 @@ class RemoteCommandFailed(PermanentError):
 
 class PreconditionFailed(PermanentError):
     """The world is not in the state the step needs (e.g. a host has too few GPUs)."""
+
+
+class TlsVerificationFailed(PreconditionFailed):
+    """A server's TLS certificate or handshake was refused (untrusted issuer, hostname
+    mismatch, expired, not TLS at all); the message names the host and the reason."""
 
 
 class VerificationFailed(PermanentError):

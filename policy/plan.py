@@ -364,6 +364,11 @@ class LoadTest(_Model):
     # Expressions only (no {threshold, abortOnFail} objects): plan_cli prints them joined.
     thresholds: dict[str, Annotated[list[str], Field(min_length=1)]] = Field(min_length=1)
     checks: list[Text] = []
+    k6_script: Text | None = Field(
+        default=None,
+        description="a k6 script (the team's load_test.js; relative to the plan file's folder) "
+        "run with the real k6 instead of the built-in engine; the thresholds above judge it",
+    )
 
     @field_validator("thresholds")
     @classmethod

@@ -1,7 +1,9 @@
 """The load-test stage of a phase transition, as a Prefect task.
 
 `run_load_test(phase=N | options={...}, target=URL, scale=F) -> summary dict` runs the engine
-(phasegate.loadtest.engine) and publishes three artifacts:
+(phasegate.loadtest.engine), or the real k6 when the plan's phase names a k6 script (or
+`k6_script` is given: phasegate.loadtest.k6run, judged by the same thresholds), and publishes
+three artifacts:
 
 - a progress artifact, updated about once a second while the test runs (percent of the
   planned duration; the description is the live progress line);
@@ -14,7 +16,8 @@ Never retried (retries=0): a load test is not idempotent in effect. It moves the
 the transition's watch and triggers read, it fills caches and queues, and a second run right
 after a failed one measures a different system; the caller decides whether to run it again.
 The summary's `exit_code` (0 pass, 99 threshold failed, 105 aborted) is the verdict; the task
-itself fails only when the test could not run at all (bad options, non-loopback target).
+itself fails only when the test could not run at all (bad options or target, a refused TLS
+certificate, no k6 for a k6 script).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import threading
+from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
 
@@ -32,7 +36,8 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from phasegate.loadtest.engine import Progress, run
+from phasegate.loadtest.engine import Progress, RunResult, TlsOptions, run
+from phasegate.loadtest.k6run import run_k6
 from phasegate.loadtest.options import phase_options
 from phasegate.policy.loadtest.scenario import Options, parse_options
 
@@ -113,22 +118,55 @@ def _options(phase: int | None, options: dict[str, Any] | None,
     return "-".join(parsed.scenarios)[:40].lower().replace("_", "-"), parsed
 
 
+def _plan_k6_script(phase: int | None, plan_path: str | None) -> Path | None:
+    """The phase's k6 script from the plan, relative to the plan file's folder (or None)."""
+    if phase is None:
+        return None
+    from phasegate.policy.plan import DEFAULT_PLAN_PATH, load_plan
+
+    script = load_plan(plan_path).phase(phase).load_test.k6_script
+    return None if script is None else Path(plan_path or DEFAULT_PLAN_PATH).parent / script
+
+
+def _k6_run(script: Path, phase: int | None, options: dict[str, Any] | None,
+            plan_path: str | None) -> tuple[str, dict[str, Any]]:
+    """The artifact name and the thresholds that judge a k6 script's run."""
+    if phase is not None:
+        return f"phase-{phase}", dict(phase_options(phase, plan_path).thresholds)
+    return script.stem.lower().replace("_", "-")[:40], dict((options or {}).get(
+        "thresholds", {}))
+
+
 @task(retries=0, task_run_name="load-test-{target}")
 def run_load_test(target: str, phase: int | None = None, options: dict[str, Any] | None = None,
                   scale: float = 1.0, plan_path: str | None = None,
-                  window_s: float = 10.0) -> dict[str, Any]:
-    """Run the plan's phase-`phase` load test (or k6 `options`) against `target` (loopback
-    only), `scale` x its durations; return the summary dict with `exit_code` added.
+                  window_s: float = 10.0, k6_script: str | None = None,
+                  ca_file: str | None = None, insecure: bool = False) -> dict[str, Any]:
+    """Run the plan's phase-`phase` load test (or k6 `options`) against `target` (any http(s)
+    URL), `scale` x its durations; return the summary dict with `exit_code` added.
 
-    Publishes the progress, summary and per-window artifacts (module docstring). Raises
-    PlanError / ConfigError / SafetyStop when the test cannot run.
+    When the phase names a k6 script in the plan, or `k6_script` is given, the real k6 runs it
+    and the phase's thresholds (or `options["thresholds"]`) judge it. `ca_file`/`insecure`:
+    how an https target is verified (system CA store by default). Publishes the progress,
+    summary and per-window artifacts (module docstring). Raises PlanError / ConfigError /
+    TlsVerificationFailed when the test cannot run.
     """
-    name, opts = _options(phase, options, plan_path)
+    script = Path(k6_script) if k6_script else _plan_k6_script(phase, plan_path)
+    tls = TlsOptions(ca_file, insecure)
+    if script is not None:
+        name, thresholds = _k6_run(script, phase, options, plan_path)
+    else:
+        name, opts = _options(phase, options, plan_path)
     # Called from sync code, these return the UUID (the coroutine branch is for async callers).
     artifact = cast(UUID, create_progress_artifact(0.0, key=f"load-test-{name}-progress",
                                                    description=f"load test {name} starting"))
-    with _ProgressPublisher(artifact) as publisher:
-        result = run(opts, target, scale=scale, progress=publisher, window_s=window_s)
+    result: RunResult
+    if script is not None:  # k6 reports at its end only: progress 0 -> 100
+        result = run_k6(script, target, thresholds, scale=scale, window_s=window_s, tls=tls)
+    else:
+        with _ProgressPublisher(artifact) as publisher:
+            result = run(opts, target, scale=scale, progress=publisher, window_s=window_s,
+                         tls=tls)
     update_progress_artifact(artifact, progress=100.0,
                              description=f"done: exit code {result.exit_code}")
     summary = {**result.summary, "exit_code": result.exit_code}

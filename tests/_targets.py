@@ -142,6 +142,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ttft-ms", type=float, default=50.0)
     p.add_argument("--itl-ms", type=float, default=10.0)
     p.add_argument("--keep-alive-s", type=float, default=30.0)
+    p.add_argument("--certfile", help="serve https with this certificate (PEM)")
+    p.add_argument("--keyfile", help="the certificate's private key (PEM)")
     return p.parse_args(argv)
 
 
@@ -154,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
              "journey": lambda: journey_app(ns), "llm": lambda: llm_app(ns)}[ns.mode]
     uvicorn.run(_lifespan_safe(build()), host="127.0.0.1", port=ns.port, loop="uvloop",
                 http="httptools", lifespan="off", access_log=False, log_level="warning",
-                backlog=4096, timeout_keep_alive=ns.keep_alive_s)
+                backlog=4096, timeout_keep_alive=ns.keep_alive_s,
+                ssl_certfile=ns.certfile, ssl_keyfile=ns.keyfile)
 
 
 @dataclass
@@ -163,17 +166,22 @@ class Running:
 
     pid: int
     port: int
+    tls: bool = False
 
     @property
     def url(self) -> str:
         """Its base URL."""
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
 
-def start_target(mode: str, log: Path, *args: str, cpu: int | None = None) -> Running:
-    """Spawn a target (pinned to `cpu` when given) and wait until it accepts connections."""
+def start_target(mode: str, log: Path, *args: str, cpu: int | None = None,
+                 cert: tuple[Path, Path] | None = None) -> Running:
+    """Spawn a target (pinned to `cpu` when given; https with `cert` = (certificate, key))
+    and wait until it accepts connections."""
     port = free_port()
-    argv = [sys.executable, str(Path(__file__).resolve()), mode, "--port", str(port), *args]
+    tls = ("--certfile", str(cert[0]), "--keyfile", str(cert[1])) if cert else ()
+    argv = [sys.executable, str(Path(__file__).resolve()), mode, "--port", str(port), *args,
+            *tls]
     if cpu is not None:
         argv = ["taskset", "-c", str(cpu), *argv]
     pid = spawn(argv, log, cwd=ROOT)
@@ -182,7 +190,7 @@ def start_target(mode: str, log: Path, *args: str, cpu: int | None = None) -> Ru
     except Exception:
         stop_pid(pid)
         raise
-    return Running(pid, port)
+    return Running(pid, port, cert is not None)
 
 
 def stop_target(target: Running) -> None:

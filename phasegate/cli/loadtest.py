@@ -1,13 +1,17 @@
 """`phasegate loadtest run|export-k6`: the load-test engine from the command line.
 
     phasegate loadtest run SCENARIO|--phase N --target URL [--scale F] [--summary FILE]
+        [--ca-file PATH | --insecure]
     phasegate loadtest run --executor constant-arrival-rate --rate 200 --duration 15s \\
         --path /v1/questions --threshold 'http_req_duration: p(95)<300' --target URL
-    phasegate loadtest export-k6 --phase 2 --target URL [--out FILE]
+    phasegate loadtest export-k6 --phase 2 --target URL [--scale F] [--out FILE]
 
 SCENARIO is a YAML/JSON file in k6's options shape, or `phaseN` (the plan's phase N). Without
-either, the k6-like flags build one scenario. Exit code: 0 all thresholds pass, 99 any failed
-(k6's), 105 aborted for another reason, 1 for bad input. A progress line on stderr each second.
+either, the k6-like flags build one scenario. The target is any http:// or https:// URL; an
+https certificate is verified against the system CA store (`SSL_CERT_FILE` honoured) or
+`--ca-file`; `--insecure` skips verification and says so. Exit code: 0 all thresholds pass, 99
+any failed (k6's), 105 aborted for another reason, 1 for bad input or a refused certificate
+(one line naming host and reason). A progress line on stderr each second.
 """
 
 from __future__ import annotations
@@ -29,14 +33,16 @@ _PHASE = re.compile(r"phase(\d+)")
 
 def register(sub: Any) -> None:
     """Add `loadtest run` and `loadtest export-k6`."""
-    lt = sub.add_parser("loadtest", help="k6-grade load tests against a loopback target")
+    lt = sub.add_parser("loadtest", help="k6-grade load tests against an http(s) target")
     lsub = lt.add_subparsers(dest="loadtest_command", required=True)
     run = lsub.add_parser("run", help="run a load test; exit 0 pass, 99 threshold failed")
     _selection(run)
     run.add_argument("--summary", help="write the k6-layout JSON summary to this file")
     run.add_argument("--window", type=float, default=10.0, help="per-window verdict length (s)")
-    run.add_argument("--allow-remote", action="store_true",
-                     help="allow a non-loopback target (refused by default)")
+    run.add_argument("--ca-file", help="verify https against this CA bundle (PEM) instead of "
+                     "the system store")
+    run.add_argument("--insecure", action="store_true",
+                     help="do not verify the https certificate (never the default; warns)")
     run.add_argument("--quiet", action="store_true", help="no live progress line")
     run.set_defaults(handler=_run)
     export = lsub.add_parser("export-k6", help="write an equivalent k6 script")
@@ -49,7 +55,7 @@ def _selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("scenario", nargs="?", help="options file (YAML/JSON) or phaseN")
     p.add_argument("--phase", type=int, help="the plan's phase N load test")
     p.add_argument("--plan", help="plan file (default plans/dreamseed.yaml)")
-    p.add_argument("--target", default="http://127.0.0.1:8080", help="base URL (loopback)")
+    p.add_argument("--target", default="http://127.0.0.1:8080", help="base URL, http(s)")
     p.add_argument("--scale", type=float, default=1.0,
                    help="time scale: scenario durations x F; think time and rates unchanged")
     p.add_argument("--executor", default="constant-vus")
@@ -136,12 +142,15 @@ def _progress_printer() -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from phasegate.loadtest.engine import run
+    from phasegate.loadtest.engine import TlsOptions, run
     from phasegate.policy.loadtest.summary import render_text
 
     options = build_options(args)
-    result = run(options, args.target, scale=args.scale, allow_remote=args.allow_remote,
-                 window_s=args.window, progress=None if args.quiet else _progress_printer())
+    if args.insecure:
+        sys.stderr.write("warning: --insecure: the target's TLS certificate is NOT verified\n")
+    result = run(options, args.target, scale=args.scale, window_s=args.window,
+                 tls=TlsOptions(args.ca_file, args.insecure),
+                 progress=None if args.quiet else _progress_printer())
     if not args.quiet:
         sys.stderr.write("\n")
     print(render_text(result.summary))
@@ -153,7 +162,7 @@ def _run(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from phasegate.loadtest.k6export import export_k6
 
-    script = export_k6(build_options(args), args.target)
+    script = export_k6(build_options(args), args.target, scale=args.scale)
     if args.out:
         Path(args.out).write_text(script)
     else:

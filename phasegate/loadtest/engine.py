@@ -14,8 +14,10 @@ from its start_time, in one event loop (uvloop when installed), one keep-alive c
 
 Bounded: each scenario stops starting iterations at its end, lets running ones finish for
 graceful_stop, then cancels them; the whole run has a hard deadline on top. abortOnFail
-thresholds are checked every second (`abort_due`). Only the given target is contacted, and only
-on loopback unless `allow_remote` (in this workplace load goes to 127.0.0.1 only).
+thresholds are checked every second (`abort_due`). Only the given target is contacted, over
+http or https (`TlsOptions`); an https target's certificate is checked once before the load
+starts (`http.tls_preflight`), so a refused certificate ends the run with one
+TlsVerificationFailed instead of a failed request per iteration.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from phasegate.errors import ConfigError, SafetyStop
-from phasegate.loadtest.http import HttpClient, Target, is_loopback, parse_target
+from phasegate.errors import ConfigError
+from phasegate.loadtest.http import HttpClient, Target, parse_target, tls_context, tls_preflight
 from phasegate.loadtest.journeys import JOURNEYS, Journey
 from phasegate.loadtest.vu import Iteration, Recorder, Vu
 from phasegate.policy.loadtest.metrics import MetricStore, Tags
@@ -40,7 +42,8 @@ from phasegate.policy.loadtest.scenario import Options, arrival_offsets, duratio
 from phasegate.policy.loadtest.summary import exit_code, summary_export
 from phasegate.policy.loadtest.thresholds import abort_due, evaluate, evaluate_windows
 
-__all__ = ["Progress", "ProgressCallback", "RunResult", "run", "run_async"]
+__all__ = ["Progress", "ProgressCallback", "RunResult", "TlsOptions", "check_target", "run",
+           "run_async"]
 
 log = logging.getLogger("phasegate.loadtest")
 _now = time.monotonic
@@ -74,6 +77,15 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """How an https target is verified: the system CA store (default; `SSL_CERT_FILE` is
+    honoured), `ca_file` instead, or not at all (`insecure`: the engine logs a warning)."""
+
+    ca_file: str | None = None
+    insecure: bool = False
 
 
 @dataclass
@@ -177,8 +189,14 @@ class _Engine:
     """One run: the scenarios, the shared recorder, every task it started."""
 
     def __init__(self, options: Options, target: Target, scale: float,
-                 progress: ProgressCallback | None, window_s: float) -> None:
+                 progress: ProgressCallback | None, window_s: float,
+                 tls: TlsOptions = TlsOptions()) -> None:
         self.options, self.target, self.scale, self.progress = options, target, scale, progress
+        # One context for every VU: loading the CA store once, not once per connection.
+        self.tls = tls
+        self.ssl = tls_context(tls.ca_file, tls.insecure) if target.tls else None
+        if target.tls and tls.insecure:
+            log.warning("TLS certificate verification is OFF for %s (--insecure)", target.host)
         self.thresholds = options.parsed_thresholds()
         self.scenarios = [_prepare(n, s, scale) for n, s in options.scenarios.items()]
         self.rec = Recorder(MetricStore(window_s), _now())
@@ -197,7 +215,7 @@ class _Engine:
         return task
 
     def _new_vu(self) -> Vu:
-        client = HttpClient(self.target)
+        client = HttpClient(self.target, ssl_context=self.ssl)
         self.clients.append(client)
         self.vus_max += 1
         return Vu(self.vus_max, client)
@@ -208,7 +226,9 @@ class _Engine:
             await asyncio.sleep(delay)
 
     async def _iteration(self, sc: _Scenario, vu: Vu, intended: float) -> None:
-        """Run the journey once; count it (k6 does not count interrupted iterations)."""
+        """Run the journey once; count it (k6 does not count interrupted iterations).
+        iteration_duration counts from the iteration's actual start, as k6's does."""
+        began = _now()
         try:
             await sc.journey(Iteration(self.rec, vu, sc.base_tags, intended, self.scale, sc.env))
         except Exception:  # a journey bug must not stop the others; it shows in the log
@@ -217,7 +237,7 @@ class _Engine:
         self.rec.iterations += 1
         t = self.rec.t()
         self.rec.store.add("iterations", 1, t, sc.base_tags)
-        self.rec.store.add("iteration_duration", (_now() - intended) * 1000.0, t, sc.base_tags)
+        self.rec.store.add("iteration_duration", (_now() - began) * 1000.0, t, sc.base_tags)
 
     async def _drain(self, tasks: set[asyncio.Task[Any]], grace_s: float) -> None:
         """Let running iterations finish for `grace_s`, then cancel the rest."""
@@ -262,7 +282,7 @@ class _Engine:
         sc.active = lambda: len(pool.running)
         for offset in arrival_offsets(sc.spec):
             intended = start + offset
-            if intended >= end:
+            if intended > end + 1e-6:  # the schedule ends at `end` (one due at `end` runs)
                 break
             await self._until(intended)
             vu = pool.take(self._new_vu)
@@ -302,7 +322,11 @@ class _Engine:
                 return f"threshold {hit.label} crossed (abortOnFail)"
 
     async def run(self) -> RunResult:
-        """Run every scenario; stop early on abortOnFail or at the hard deadline."""
+        """Run every scenario; stop early on abortOnFail or at the hard deadline. Raises
+        TlsVerificationFailed before any load when an https target's certificate is refused."""
+        if self.ssl is not None:
+            await tls_preflight(self.target, self.ssl, self.tls.ca_file)
+        self.rec.t0 = _now()  # the run's clock starts with the load, after the preflight
         main = self._spawn(self._all())
         monitor = self._spawn(self._monitor())
         deadline = self.stop_s + HARD_MARGIN_S
@@ -345,42 +369,38 @@ def _raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def check_target(url: str, allow_remote: bool = False) -> Target:
-    """Parse `url`; refuse anything but loopback unless `allow_remote`."""
+def check_target(url: str) -> Target:
+    """Parse an http(s) target URL; raises ConfigError for anything else."""
     try:
-        target = parse_target(url)
+        return parse_target(url)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    if not allow_remote and not is_loopback(target.host):
-        raise SafetyStop(f"refusing to load {target.host}: only loopback targets are allowed "
-                         "here (pass allow_remote / --allow-remote for another host)")
-    return target
 
 
 async def run_async(options: Options, target: str, *, scale: float = 1.0,
-                    progress: ProgressCallback | None = None, allow_remote: bool = False,
-                    window_s: float = 10.0) -> RunResult:
+                    progress: ProgressCallback | None = None, window_s: float = 10.0,
+                    tls: TlsOptions = TlsOptions()) -> RunResult:
     """Run `options` against `target` in the current event loop. See `run`."""
-    engine = _Engine(options, check_target(target, allow_remote), scale, progress, window_s)
+    engine = _Engine(options, check_target(target), scale, progress, window_s, tls)
     _raise_fd_limit()
     return await engine.run()
 
 
 def run(options: Options, target: str, *, scale: float = 1.0,
-        progress: ProgressCallback | None = None, allow_remote: bool = False,
-        window_s: float = 10.0) -> RunResult:
+        progress: ProgressCallback | None = None, window_s: float = 10.0,
+        tls: TlsOptions = TlsOptions()) -> RunResult:
     """Run every scenario of `options` against `target` and return the summary.
 
     `scale` multiplies every scenario duration (think time and rates unchanged) so a
     9-minute phase test fits the lab; `progress` is called once a second; `window_s` is the
-    length of the per-window threshold view. Runs in a fresh uvloop (or asyncio) loop, in a
-    helper thread when the caller already has a loop running. Raises ConfigError (bad target
-    or journey), SafetyStop (non-loopback target without `allow_remote`), PlanError (bad
-    thresholds).
+    length of the per-window threshold view; `tls` says how an https target is verified.
+    Runs in a fresh uvloop (or asyncio) loop, in a helper thread when the caller already has a
+    loop running. Raises ConfigError (bad target, journey or CA file), TlsVerificationFailed
+    (an https target's certificate refused), PlanError (bad thresholds).
     """
     def go() -> RunResult:
         return _run_loop(run_async(options, target, scale=scale, progress=progress,
-                                   allow_remote=allow_remote, window_s=window_s))
+                                   window_s=window_s, tls=tls))
     try:
         asyncio.get_running_loop()
     except RuntimeError:

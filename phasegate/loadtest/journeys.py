@@ -114,11 +114,11 @@ async def llm(it: Iteration) -> None:
     it.add("llm_errors", 0 if ok else 1)
     if not ok:
         return
-    e2e_s = res.duration_ms / 1000.0
+    e2e_s = res.latency_ms / 1000.0
     it.add("llm_ttft", (tokens.times[0] - start) * 1000.0)
     for a, b in zip(tokens.times, tokens.times[1:], strict=False):
         it.add("llm_itl", (b - a) * 1000.0)
-    it.add("llm_e2e", res.duration_ms)
+    it.add("llm_e2e", res.latency_ms)
     it.add("llm_tokens", len(tokens.times))
     it.add("llm_tokens_per_s", len(tokens.times) / e2e_s if e2e_s > 0 else 0.0)
 

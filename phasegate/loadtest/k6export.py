@@ -5,7 +5,8 @@ The scenarios and thresholds are written in k6's own spelling (camelCase keys, d
 (the seed's load_test.js, with `errors` counting passes as well as failures: see journeys.py),
 `llm` (streaming needs k6 extensions, so the k6 version reads the whole answer and records only
 e2e latency and errors) and `request`. The base URL comes from `__ENV.TARGET`, defaulting to
-`target`.
+`target`. `scale` time-scales the scenarios as the engine's `--scale` does
+(`policy.loadtest.scenario.scaled`), so both tools run the same schedule.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from phasegate.loadtest.journeys import SEED_PROMPTS
 from phasegate.policy.durations import format_duration
-from phasegate.policy.loadtest.scenario import Options
+from phasegate.policy.loadtest.scenario import Options, scaled
 from phasegate.policy.loadtest.thresholds import ThresholdSpec
 
 __all__ = ["export_k6"]
@@ -98,10 +99,12 @@ def _threshold(entry: str | ThresholdSpec) -> str | dict[str, Any]:
             if entry.delay_abort_eval.total_seconds() > 0 else "0s"}
 
 
-def export_k6(options: Options, target: str) -> str:
-    """A k6 script equivalent to running `options` against `target` with phasegate."""
+def export_k6(options: Options, target: str, scale: float = 1.0) -> str:
+    """A k6 script equivalent to running `options` against `target` with phasegate at time
+    scale `scale`. Raises ValueError unless scale > 0."""
     k6_options = {
-        "scenarios": {name: _scenario(spec) for name, spec in options.scenarios.items()},
+        "scenarios": {name: _scenario(scaled(spec, scale) if scale != 1.0 else spec)
+                      for name, spec in options.scenarios.items()},
         "thresholds": {key: [_threshold(e) for e in entries]
                        for key, entries in options.thresholds.items()},
     }

@@ -50,6 +50,7 @@ KNOWN_METRICS: dict[str, Kind] = {
     "http_reqs": "counter",
     "http_req_duration": "trend",
     "http_req_waiting": "trend",
+    "http_req_latency": "trend",  # ours: from the intended send time (loadtest/vu.py)
     "http_req_failed": "rate",
     "iterations": "counter",
     "iteration_duration": "trend",
@@ -69,7 +70,8 @@ KNOWN_METRICS: dict[str, Kind] = {
 }
 # Trends whose values are milliseconds (the summary prints them as durations).
 TIME_METRICS: frozenset[str] = frozenset({
-    "http_req_duration", "http_req_waiting", "iteration_duration", "llm_ttft", "llm_itl",
+    "http_req_duration", "http_req_waiting", "http_req_latency", "iteration_duration",
+    "llm_ttft", "llm_itl",
     "llm_e2e",
 })
 

@@ -428,11 +428,15 @@ def _ramp_offsets(first: int, start_rate: float, end_rate: float, length: float,
 def arrival_offsets(scenario: AnyScenario) -> Iterator[float]:
     """The intended start of every iteration, seconds since the scenario's start, in order.
 
-    Lazy: a long ramp at a high rate yields millions. Raises TypeError for VU executors.
+    As k6 1.1 schedules them (measured against it): constant-arrival-rate starts one at 0 and
+    one every period up to and including the duration's end (10/s for 1 s is 11 iterations),
+    ramping-arrival-rate one each time the rate's integral reaches a whole number, up to and
+    including the end. Lazy: a long ramp at a high rate yields millions. Raises TypeError for
+    VU executors.
     """
     if isinstance(scenario, ConstantArrivalRate):
         period = _seconds(scenario.time_unit) / scenario.rate
-        count = math.ceil(_seconds(scenario.duration) / period - 1e-9)
+        count = math.floor(_seconds(scenario.duration) / period + 1e-9) + 1
         return (i * period for i in range(count))
     if isinstance(scenario, RampingArrivalRate):
         return _ramping_offsets(scenario)
@@ -475,17 +479,19 @@ def _scale(value: timedelta, factor: float) -> timedelta:
 
 
 def scaled(scenario: AnyScenario, factor: float) -> AnyScenario:
-    """The scenario with every duration (duration, stages, start_time, graceful_stop,
-    graceful_ramp_down) times `factor`; VU counts, rates and time_unit unchanged.
+    """The scenario with its schedule (duration, stages, start_time) times `factor`; VU
+    counts, rates, time_unit, graceful_stop and graceful_ramp_down unchanged.
 
-    Raises ValueError unless factor > 0.
+    The graceful periods are not scaled because an iteration is not: think time keeps its real
+    length, so a 3-second journey still needs its 30 s gracefulStop to finish, as under k6
+    (scaling it cut the iterations k6 lets finish, and the counts differed). Raises ValueError
+    unless factor > 0.
     """
     if not factor > 0:
         raise ValueError(f"scale factor must be above 0, got {factor}")
     update: dict[str, Any] = {
         name: _scale(getattr(scenario, name), factor)
-        for name in ("start_time", "graceful_stop", "duration", "graceful_ramp_down")
-        if name in type(scenario).model_fields
+        for name in ("start_time", "duration") if name in type(scenario).model_fields
     }
     if isinstance(scenario, RampingVus | RampingArrivalRate):
         update["stages"] = [Stage(duration=_scale(s.duration, factor), target=s.target)
