@@ -19,7 +19,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -34,6 +37,7 @@ __all__ = [
     "client_env",
     "current_user",
     "deactivate_schedules",
+    "delete_missed_runs",
     "deploy_all",
     "descendants",
     "ensure_work_pool",
@@ -250,22 +254,6 @@ def client_env(layout: LabLayout, api_url: str) -> dict[str, str]:
     return env
 
 
-def ensure_work_pool(api_url: str, pool: str) -> None:
-    """Create the `process` work pool `pool` unless it exists (its default job template)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectAlreadyExists
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-    from prefect.workers.process import ProcessWorker
-
-    template = ProcessWorker.get_default_base_job_template()
-    # A pool kept from the previous `lab up` is left as it is.
-    with temporary_settings(updates={PREFECT_API_URL: api_url}), \
-            get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
-        client.create_work_pool(WorkPoolCreate(name=pool, type=ProcessWorker.type,
-                                               base_job_template=template))
-
-
 def deploy_all(layout: LabLayout, api_url: str, project_dir: Path, timeout: float = 120) -> None:
     """`prefect --no-prompt deploy --all` in `project_dir` (where prefect.yaml is): every
     deployment it defines, with its pull step resolved to this checkout. Raises LabError."""
@@ -279,31 +267,67 @@ def deploy_all(layout: LabLayout, api_url: str, project_dir: Path, timeout: floa
         raise LabError(f"prefect deploy --all failed (exit {res.returncode}; log: {log})")
 
 
-def deactivate_schedules(api_url: str) -> int:
-    """Switch off every deployment schedule and delete the runs already scheduled by them
-    (the test suite's lab: no run starts unless a test starts it). Returns how many."""
+@contextlib.contextmanager
+def _client(api_url: str) -> Iterator[Any]:
+    """A sync Prefect client of the server at `api_url`."""
     from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}), \
+            get_client(sync_client=True) as client:
+        yield client
+
+
+def _delete_scheduled_runs(client: Any, before: datetime | None = None) -> int:
+    """Delete the auto-scheduled runs not yet started (due before `before`, if given)."""
     from prefect.client.schemas.filters import (
         FlowRunFilter,
+        FlowRunFilterExpectedStartTime,
         FlowRunFilterState,
         FlowRunFilterStateType,
     )
     from prefect.client.schemas.objects import StateType
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    scheduled = FlowRunFilter(state=FlowRunFilterState(
-        type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])))
-    with temporary_settings(updates={PREFECT_API_URL: api_url}), \
-            get_client(sync_client=True) as client:
+    runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
+        expected_start_time=FlowRunFilterExpectedStartTime(before_=before) if before else None))
+    doomed = [r.id for r in runs if r.auto_scheduled]
+    for run_id in doomed:
+        client.delete_flow_run(run_id)
+    return len(doomed)
+
+
+def delete_missed_runs(api_url: str) -> int:
+    """Delete the scheduled runs whose time passed while the lab was down (a warm `lab up`
+    would otherwise start all of them at once); how many."""
+    with _client(api_url) as client:
+        return _delete_scheduled_runs(client, before=datetime.now(UTC))
+
+
+def deactivate_schedules(api_url: str) -> int:
+    """Switch off every deployment schedule and delete the runs already scheduled by them
+    (the test suite's lab: no run starts unless a test starts it). Returns how many."""
+    with _client(api_url) as client:
         count = 0
         for dep in client.read_deployments():
             for schedule in dep.schedules or []:
                 client.update_deployment_schedule(dep.id, schedule.id, active=False)
                 count += 1
-        for run in client.read_flow_runs(flow_run_filter=scheduled):
-            if run.auto_scheduled:
-                client.delete_flow_run(run.id)
+        _delete_scheduled_runs(client)
     return count
+
+
+def ensure_work_pool(api_url: str, pool: str) -> None:
+    """Create the `process` work pool `pool` unless it exists (its default job template)."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+    from prefect.workers.process import ProcessWorker
+
+    template = ProcessWorker.get_default_base_job_template()
+    # A pool kept from the previous `lab up` is left as it is.
+    with _client(api_url) as client, contextlib.suppress(ObjectAlreadyExists):
+        client.create_work_pool(WorkPoolCreate(name=pool, type=ProcessWorker.type,
+                                               base_job_template=template))
 
 
 def start_prefect_worker(layout: LabLayout, api_url: str, pool: str, name: str) -> int:
@@ -316,12 +340,8 @@ def start_prefect_worker(layout: LabLayout, api_url: str, pool: str, name: str) 
 
 def wait_workers(api_url: str, pool: str, names: list[str], timeout: float = 60) -> None:
     """Wait until every worker in `names` has sent a heartbeat to `pool`."""
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     def online() -> bool:
-        with temporary_settings(updates={PREFECT_API_URL: api_url}), \
-                get_client(sync_client=True) as client:
+        with _client(api_url) as client:
             seen = {w.name for w in client.read_workers_for_work_pool(pool)
                     if w.status == "ONLINE"}
         return set(names) <= seen

@@ -442,6 +442,7 @@ def _prefect_ready(layout: LabLayout, state: _State, opts: UpOptions) -> None:
     services.wait_prefect(state.data["ports"]["prefect"])
     api, pools = state.data["prefect"]["api_url"], work_pools()
     workers: dict[str, list[str]] = {}
+    services.delete_missed_runs(api)  # before any worker could start them
     for pool in pools:
         services.ensure_work_pool(api, pool)
         workers[pool] = [f"{pool}-worker-{i}" for i in range(1, WORKERS_PER_POOL + 1)]
@@ -514,12 +515,14 @@ def down(layout: LabLayout, purge: bool = False) -> list[str]:
 
 
 def _stop_all(layout: LabLayout, data: dict[str, Any]) -> list[str]:
-    """Stop containers, then the recorded processes in dependency order. Names stopped."""
-    stopped = _stop_containers(layout, data)
+    """Stop the Prefect workers (their flow runs change the world), the containers, then the
+    recorded processes in dependency order. Names stopped."""
     procs = dict(data.get("processes", {}))
+    stopped = []
     for component in sorted(c for c in procs if c.startswith(WORKER_KEY)):
         if services.stop_prefect_worker(int(procs.pop(component))):
             stopped.append(component)
+    stopped += _stop_containers(layout, data)
     order = _STOP_ORDER + sorted(c for c in procs if c not in _STOP_ORDER)
     for component in order:
         if component not in procs:
