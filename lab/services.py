@@ -254,7 +254,7 @@ def client_env(layout: LabLayout, api_url: str) -> dict[str, str]:
     return env
 
 
-def deploy_all(layout: LabLayout, api_url: str, project_dir: Path, timeout: float = 120) -> None:
+def deploy_all(layout: LabLayout, api_url: str, project_dir: Path, timeout: float = 300) -> None:
     """`prefect --no-prompt deploy --all` in `project_dir` (where prefect.yaml is): every
     deployment it defines, with its pull step resolved to this checkout. Raises LabError."""
     log = layout.logs_dir / "prefect-deploy.log"
