@@ -1,9 +1,11 @@
-"""Serve phasegate's deployments from this process (the simplest local runner).
+"""Serve phasegate's deployments from this process (a one-machine alternative to workers).
 
 `python -m phasegate.deployments.serve [--file prefect.yaml] [--prefix lab] [--no-schedules]`
 against a running Prefect server (the lab's, or $PREFECT_API_URL). prefect.yaml is the one
 definition of the deployments (entrypoints, parameters, schedules, concurrency); this module
 only reads it, so `prefect deploy --all` with a worker and `serve` run the same deployments.
+The lab registers them with `prefect deploy --all` and runs them on its two process workers;
+`serve` is the alternative for one machine without a worker.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["PREFECT_YAML", "DeploymentSpec", "main", "read_deployments", "runner_deployments"]
+__all__ = ["PREFECT_YAML", "DeploymentSpec", "main", "read_deployments", "runner_deployments",
+           "work_pools"]
 
 PREFECT_YAML = Path(__file__).resolve().parent.parent / "prefect.yaml"
 
@@ -31,6 +34,7 @@ class DeploymentSpec:
     parameters: dict[str, Any] = field(default_factory=dict)
     crons: tuple[tuple[str, str], ...] = ()          # (cron, timezone)
     concurrency_limit: int | None = None
+    work_pool: str | None = None                     # the work pool its worker polls
 
 
 def read_deployments(path: Path = PREFECT_YAML) -> list[DeploymentSpec]:
@@ -44,8 +48,14 @@ def read_deployments(path: Path = PREFECT_YAML) -> list[DeploymentSpec]:
             name=dep["name"], entrypoint=dep["entrypoint"],
             description=" ".join(str(dep.get("description") or "").split()),
             parameters=dict(dep.get("parameters") or {}), crons=crons,
-            concurrency_limit=dep.get("concurrency_limit")))
+            concurrency_limit=dep.get("concurrency_limit"),
+            work_pool=(dep.get("work_pool") or {}).get("name")))
     return specs
+
+
+def work_pools(path: Path = PREFECT_YAML) -> list[str]:
+    """The work pools prefect.yaml's deployments name, in order of first use."""
+    return list(dict.fromkeys(s.work_pool for s in read_deployments(path) if s.work_pool))
 
 
 def load_flow(entrypoint: str) -> Any:

@@ -1,4 +1,5 @@
-"""Start the lab's real servers (PostgreSQL, Redis, Prometheus, Alertmanager, Prefect).
+"""Start the lab's real servers (PostgreSQL, Redis, Prometheus, Alertmanager, Prefect and
+its workers).
 
 Each `start_*` spawns one child process bound to 127.0.0.1, waits until it really answers
 (bounded polling, never a fixed sleep) and returns its PID. Stopping is by PID (lab.procs).
@@ -6,32 +7,53 @@ Each `start_*` spawns one child process bound to 127.0.0.1, waits until it reall
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import hashlib
 import os
 import pwd
+import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import httpx
 
+from phasegate.errors import LabError
 from phasegate.lab.layout import LabLayout
-from phasegate.lab.procs import spawn, wait_for, wait_port
+from phasegate.lab.procs import pid_alive, spawn, stop_pid, wait_for, wait_port
 
 __all__ = [
     "PG_BIN",
+    "PREFECT_DB",
+    "client_env",
+    "current_user",
+    "deactivate_schedules",
+    "delete_missed_runs",
+    "deploy_all",
+    "descendants",
+    "ensure_work_pool",
     "pg_data_root",
     "prefect_env",
+    "prepare_prefect_database",
+    "sqlite_database_url",
     "start_alertmanager",
     "start_postgres",
     "start_prefect",
+    "start_prefect_worker",
     "start_prometheus",
     "start_redis",
+    "stop_prefect_worker",
     "wait_prefect",
-    "current_user",
+    "wait_workers",
 ]
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -140,13 +162,17 @@ def start_alertmanager(layout: LabLayout, port: int, config: Path) -> int:
     return pid
 
 
-def prefect_env(layout: LabLayout) -> dict[str, str]:
-    """Environment for the lab's Prefect server: SQLite inside the lab, no telemetry."""
-    home = layout.prefect_dir
+PREFECT_DB = "prefect"  # the Prefect server's own database and its owner role, in the lab's PG
+WORKER_QUERY_SECONDS = 1  # the lab's workers poll every second: a run starts in seconds
+
+
+def prefect_env(layout: LabLayout, database_url: str) -> dict[str, str]:
+    """Environment for the lab's Prefect server and its clients: home inside the lab, the
+    server's database at `database_url`, no telemetry."""
     return {
         **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        "PREFECT_HOME": str(layout.prefect_dir),
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": database_url,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PREFECT_LOGGING_LEVEL": "WARNING",
@@ -156,13 +182,53 @@ def prefect_env(layout: LabLayout) -> dict[str, str]:
     }
 
 
-def start_prefect(layout: LabLayout, port: int) -> int:
-    """Start `prefect server start` on `port`; the caller waits with `wait_prefect`."""
-    layout.prefect_dir.mkdir(parents=True, exist_ok=True)
+def sqlite_database_url(layout: LabLayout) -> str:
+    """A SQLite database inside the lab (what the lab used before; bench/prefect_bench.py)."""
+    return f"sqlite+aiosqlite:///{layout.prefect_dir / 'prefect.db'}"
+
+
+def _prefect_db_password(layout: LabLayout) -> str:
+    """The `prefect` role's password: generated once, kept in the lab (0600), never printed."""
+    path = layout.prefect_dir / "db-password"
+    if not path.exists():
+        layout.prefect_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(24))
+    return path.read_text().strip()
+
+
+def prepare_prefect_database(layout: LabLayout, admin_dsn: str, host: str, port: int) -> str:
+    """Create (once) the `prefect` role and its own database in the lab's PostgreSQL, set the
+    role's password, and return the server's asyncpg URL (it holds the password: pass it in
+    the environment only)."""
+    import psycopg
+    from psycopg import sql
+
+    password = _prefect_db_password(layout)
+    role, db = sql.Identifier(PREFECT_DB), sql.Identifier(PREFECT_DB)
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (PREFECT_DB,)).fetchone():
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
+        conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(role, sql.Literal(password)))
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                            (PREFECT_DB,)).fetchone():
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(db, role))
+    return (f"postgresql+asyncpg://{PREFECT_DB}:{quote(password, safe='')}@{host}:{port}"
+            f"/{PREFECT_DB}")
+
+
+def _prefect_cli() -> str:
     exe = Path(sys.executable).parent / "prefect"
-    cmd = str(exe) if exe.exists() else (shutil.which("prefect") or "prefect")
-    argv = [cmd, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    env = prefect_env(layout)
+    return str(exe) if exe.exists() else (shutil.which("prefect") or "prefect")
+
+
+def start_prefect(layout: LabLayout, port: int, database_url: str) -> int:
+    """Start `prefect server start` on `port` with its database at `database_url`; the
+    caller waits with `wait_prefect`."""
+    layout.prefect_dir.mkdir(parents=True, exist_ok=True)
+    argv = [_prefect_cli(), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    env = prefect_env(layout, database_url)
     env.pop("PREFECT_API_URL", None)
     # The UI asks its API at this URL; the default (port 4200) is not the lab's.
     env["PREFECT_UI_API_URL"] = f"http://127.0.0.1:{port}/api"
@@ -174,6 +240,141 @@ def wait_prefect(port: int, timeout: float = 90) -> None:
     url = f"http://127.0.0.1:{port}/api/health"
     wait_for(lambda: httpx.get(url, timeout=2).status_code == 200, timeout, interval=0.25,
              what="prefect server")
+
+
+def client_env(layout: LabLayout, api_url: str) -> dict[str, str]:
+    """Environment for a Prefect client of the lab (deploy, workers and their flow runs): the
+    lab's API, a home inside the lab (the user's ~/.prefect is left alone)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PREFECT_SERVER_", "PREFECT_API_DATABASE"))}
+    env.update({"PREFECT_HOME": str(layout.prefect_dir / "client"), "PREFECT_API_URL": api_url,
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
+                "PREFECT_LOGGING_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1",
+                "PREFECT_WORKER_QUERY_SECONDS": str(WORKER_QUERY_SECONDS)})
+    return env
+
+
+def deploy_all(layout: LabLayout, api_url: str, project_dir: Path, timeout: float = 300) -> None:
+    """`prefect --no-prompt deploy --all` in `project_dir` (where prefect.yaml is): every
+    deployment it defines, with its pull step resolved to this checkout. Raises LabError."""
+    log = layout.logs_dir / "prefect-deploy.log"
+    with open(log, "ab") as out:
+        res = subprocess.run([_prefect_cli(), "--no-prompt", "deploy", "--all"], cwd=project_dir,
+                             env=client_env(layout, api_url), stdout=out,
+                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             timeout=timeout, check=False)
+    if res.returncode != 0:
+        raise LabError(f"prefect deploy --all failed (exit {res.returncode}; log: {log})")
+
+
+@contextlib.contextmanager
+def _client(api_url: str) -> Iterator[Any]:
+    """A sync Prefect client of the server at `api_url`."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}), \
+            get_client(sync_client=True) as client:
+        yield client
+
+
+def _delete_scheduled_runs(client: Any, before: datetime | None = None) -> int:
+    """Delete the auto-scheduled runs not yet started (due before `before`, if given)."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterExpectedStartTime,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
+        expected_start_time=FlowRunFilterExpectedStartTime(before_=before) if before else None))
+    doomed = [r.id for r in runs if r.auto_scheduled]
+    for run_id in doomed:
+        client.delete_flow_run(run_id)
+    return len(doomed)
+
+
+def delete_missed_runs(api_url: str) -> int:
+    """Delete the scheduled runs whose time passed while the lab was down (a warm `lab up`
+    would otherwise start all of them at once); how many."""
+    with _client(api_url) as client:
+        return _delete_scheduled_runs(client, before=datetime.now(UTC))
+
+
+def deactivate_schedules(api_url: str) -> int:
+    """Switch off every deployment schedule and delete the runs already scheduled by them
+    (the test suite's lab: no run starts unless a test starts it). Returns how many."""
+    with _client(api_url) as client:
+        count = 0
+        for dep in client.read_deployments():
+            for schedule in dep.schedules or []:
+                client.update_deployment_schedule(dep.id, schedule.id, active=False)
+                count += 1
+        _delete_scheduled_runs(client)
+    return count
+
+
+def ensure_work_pool(api_url: str, pool: str) -> None:
+    """Create the `process` work pool `pool` unless it exists (its default job template)."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+    from prefect.workers.process import ProcessWorker
+
+    template = ProcessWorker.get_default_base_job_template()
+    # A pool kept from the previous `lab up` is left as it is.
+    with _client(api_url) as client, contextlib.suppress(ObjectAlreadyExists):
+        client.create_work_pool(WorkPoolCreate(name=pool, type=ProcessWorker.type,
+                                               base_job_template=template))
+
+
+def start_prefect_worker(layout: LabLayout, api_url: str, pool: str, name: str) -> int:
+    """Start `prefect worker start` on `pool` as `name`; flow runs it picks up run as its
+    own child processes (each in a session of its own)."""
+    argv = [_prefect_cli(), "worker", "start", "--pool", pool, "--type", "process",
+            "--name", name]
+    return spawn(argv, layout.logs_dir / f"{name}.log", env=client_env(layout, api_url))
+
+
+def wait_workers(api_url: str, pool: str, names: list[str], timeout: float = 60) -> None:
+    """Wait until every worker in `names` has sent a heartbeat to `pool`."""
+    def online() -> bool:
+        with _client(api_url) as client:
+            seen = {w.name for w in client.read_workers_for_work_pool(pool)
+                    if w.status == "ONLINE"}
+        return set(names) <= seen
+
+    wait_for(online, timeout, interval=0.5, what=f"prefect workers {names}")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid` (from /proc), children first."""
+    found: list[int] = []
+    todo = [pid]
+    while todo and len(found) < 10_000:  # bounded
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                kids = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found.extend(kids)
+            todo.extend(kids)
+    return found
+
+
+def stop_prefect_worker(pid: int, timeout: float = 10) -> bool:
+    """Stop a worker and the flow runs it started (their own sessions: not in its process
+    group). A worker's first SIGTERM only starts a graceful shutdown, the second one ends it;
+    whatever is left after `timeout` is SIGKILLed. True if all are gone."""
+    runs = descendants(pid)
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        time.sleep(0.5)
+    gone = stop_pid(pid, signal.SIGTERM, timeout=timeout)
+    return all([stop_pid(p, signal.SIGTERM, timeout=5) for p in runs]) and gone
 
 
 def current_user() -> str:

@@ -56,6 +56,9 @@ EXPORTERS = ["redis_exporter", "postgres_exporter", "node_exporter", "disk_expor
 # Stop order: load first, then consumers, then the stores they write to.
 _STOP_ORDER = ["traffic", "api", *EXPORTERS, "gpu_exporter", "prometheus",
                "alertmanager", "gcp", "receiver", "prefect", "redis", "postgres"]
+# Prefect workers (process keys "prefect-worker:<name>") stop before everything else: they
+# run the flows that change the world. Two per work pool of prefect.yaml.
+WORKER_KEY, WORKERS_PER_POOL = "prefect-worker:", 2
 
 
 @dataclass
@@ -63,6 +66,7 @@ class UpOptions:
     """What `lab up` builds. `gpus` is the initial GPU count per host."""
 
     prefect: bool = True
+    schedules: bool = True  # False: deployment schedules off (the test suite's lab)
     gpus: dict[str, int] = field(default_factory=lambda: {"gpu-1": 1, "gpu-2": 0})
     traffic_rate: float = 2.0
     history_days: int = 90
@@ -219,8 +223,7 @@ def _start_all(layout: LabLayout, state: _State, opts: UpOptions) -> None:
         lambda: _gpu_hosts(layout, state, opts),
     ]
     if opts.prefect:
-        first.append(lambda: state.add_pid(
-            "prefect", services.start_prefect(layout, state.data["ports"]["prefect"])))
+        first.append(lambda: _prefect_server(layout, state))
     _run_parallel(first)
     _run_parallel([
         lambda: _exporters(layout, state),
@@ -229,7 +232,7 @@ def _start_all(layout: LabLayout, state: _State, opts: UpOptions) -> None:
     ])
     waits = [lambda: _wait_scraped(state)]
     if opts.prefect:
-        waits.append(lambda: _prefect_ready(layout, state))
+        waits.append(lambda: _prefect_ready(layout, state, opts))
     _run_parallel(waits)
 
 
@@ -437,12 +440,46 @@ def _wait_scraped(state: _State) -> None:
     wait_for(all_up, 60, interval=0.5, what="prometheus first scrape")
 
 
-def _prefect_ready(layout: LabLayout, state: _State) -> None:
-    services.wait_prefect(state.data["ports"]["prefect"])
+def _prefect_server(layout: LabLayout, state: _State) -> None:
+    """The Prefect server on its own database in the lab's PostgreSQL: started once
+    PostgreSQL answers (its thread records the PID when it does)."""
+    wait_for(lambda: "postgres" in state.data["processes"], 180, interval=0.2,
+             what="postgres (for the Prefect server)")
+    pg = state.data["postgres"]
+    url = services.prepare_prefect_database(layout, pg["dsn"], pg["host"], int(pg["port"]))
+    prefect = {**state.data["prefect"], "database": (
+        f"postgresql://{services.PREFECT_DB}@{pg['host']}:{pg['port']}/{services.PREFECT_DB}")}
+    state.update(prefect=prefect)  # without the password: lab.json is printed
+    state.add_pid("prefect", services.start_prefect(layout, state.data["ports"]["prefect"], url))
+
+
+def _prefect_ready(layout: LabLayout, state: _State, opts: UpOptions) -> None:
+    """Once the server answers: the Blocks, the work pools, every deployment of prefect.yaml
+    (`prefect deploy --all`) and two process workers per pool, all in parallel."""
+    from phasegate.deployments.serve import PREFECT_YAML, work_pools
     from phasegate.lab.blocks import save_lab_blocks
 
-    saved = save_lab_blocks(state.data)
-    state.update(blocks=saved)
+    services.wait_prefect(state.data["ports"]["prefect"])
+    api, pools = state.data["prefect"]["api_url"], work_pools()
+    workers: dict[str, list[str]] = {}
+    services.delete_missed_runs(api)  # before any worker could start them
+    for pool in pools:
+        services.ensure_work_pool(api, pool)
+        workers[pool] = [f"{pool}-worker-{i}" for i in range(1, WORKERS_PER_POOL + 1)]
+        for name in workers[pool]:
+            state.add_pid(WORKER_KEY + name,
+                          services.start_prefect_worker(layout, api, pool, name))
+    _run_parallel([
+        lambda: state.update(blocks=save_lab_blocks(state.data)),
+        lambda: _deploy(layout, api, PREFECT_YAML.parent, opts.schedules),
+        *[lambda p=pool: services.wait_workers(api, p, workers[p]) for pool in pools]])
+    state.update(prefect={**state.data["prefect"], "workers": workers})
+
+
+def _deploy(layout: LabLayout, api: str, project_dir: Path, schedules: bool) -> None:
+    services.deploy_all(layout, api, project_dir)
+    if not schedules:
+        services.deactivate_schedules(api)
 
 
 def status(layout: LabLayout) -> dict[str, Any]:
@@ -498,9 +535,14 @@ def down(layout: LabLayout, purge: bool = False) -> list[str]:
 
 
 def _stop_all(layout: LabLayout, data: dict[str, Any]) -> list[str]:
-    """Stop containers, then the recorded processes in dependency order. Names stopped."""
-    stopped = _stop_containers(layout, data)
+    """Stop the Prefect workers (their flow runs change the world), the containers, then the
+    recorded processes in dependency order. Names stopped."""
     procs = dict(data.get("processes", {}))
+    stopped = []
+    for component in sorted(c for c in procs if c.startswith(WORKER_KEY)):
+        if services.stop_prefect_worker(int(procs.pop(component))):
+            stopped.append(component)
+    stopped += _stop_containers(layout, data)
     order = _STOP_ORDER + sorted(c for c in procs if c not in _STOP_ORDER)
     for component in order:
         if component not in procs:

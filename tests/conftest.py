@@ -36,7 +36,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     from phasegate.lab.supervisor import UpOptions, down, up
 
     layout = LabLayout(tmp_path_factory.mktemp("lab"))
-    doc = up(layout, UpOptions(traffic_rate=2.0, vllm_load_seconds=1.0))
+    # Schedules off: in the suite no run starts unless a test starts it.
+    doc = up(layout, UpOptions(traffic_rate=2.0, vllm_load_seconds=1.0, schedules=False))
     try:
         with temporary_settings(updates={PREFECT_API_URL: doc["prefect"]["api_url"]}):
             yield doc
@@ -57,8 +58,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 def processes_mentioning(marks: list[str]) -> list[str]:
-    """Live (non-zombie) processes whose command line contains one of `marks` (paths of a
-    lab): what `lab down` must not leave behind, grandchildren included."""
+    """Live (non-zombie) processes whose command line or environment contains one of `marks`
+    (paths of a lab): what `lab down` must not leave behind, grandchildren included (the
+    Prefect workers' flow runs, in sessions of their own, have the lab's PREFECT_HOME)."""
     from phasegate.lab.procs import pid_alive
 
     found = []
@@ -67,9 +69,10 @@ def processes_mentioning(marks: list[str]) -> list[str]:
             continue
         try:
             cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            env = (proc / "environ").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        if any(m in cmd for m in marks) and pid_alive(int(proc.name)):
+        if any(m in cmd or m in env for m in marks) and pid_alive(int(proc.name)):
             found.append(f"{proc.name}: {cmd[:160]}")
     return found
 

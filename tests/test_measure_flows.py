@@ -11,12 +11,16 @@ from typing import Any
 import psycopg
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolUpdate
 
 from phasegate.blocks.systems import PrometheusConnection
+from phasegate.deployments.serve import PREFECT_YAML, work_pools
 from phasegate.flows.capacity_forecast import capacity_forecast
 from phasegate.flows.trigger_check import trigger_check
 from phasegate.lab.procs import free_port
 from phasegate.lab.receiver import read_inbox
+from phasegate.lab.services import deactivate_schedules, deploy_all
+from phasegate.tasks.transitions import TRANSITION_DEPLOYMENT
 
 pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("lab")]  # one lab, one worker
 
@@ -73,8 +77,16 @@ def test_prometheus_down_is_a_data_gap_never_a_pass(lab: dict[str, Any],
     assert "restored" in _slack_titles(lab_layout)[-1]
 
 
-def test_auto_create_says_when_there_is_no_transition_deployment(lab: dict[str, Any]) -> None:
-    out = trigger_check(auto_create=True)
+def test_auto_create_says_when_there_is_no_transition_deployment(
+        lab: dict[str, Any], lab_layout: Any) -> None:
+    # `lab up` registers every deployment: take phase-transition away, register it after.
+    with get_client(sync_client=True) as client:
+        client.delete_deployment(client.read_deployment_by_name(TRANSITION_DEPLOYMENT).id)
+    try:
+        out = trigger_check(auto_create=True)
+    finally:
+        deploy_all(lab_layout, lab["prefect"]["api_url"], PREFECT_YAML.parent)
+        deactivate_schedules(lab["prefect"]["api_url"])  # as the suite's lab has them
     if out["due"]:
         assert out["transition_run"] == {"created": None,
                                          "error": "no phase-transition deployment to run"}
@@ -127,11 +139,12 @@ def test_cli_json_shapes(lab: dict[str, Any]) -> None:
 
 
 def test_due_creates_one_transition_run_and_never_a_second(lab: dict[str, Any]) -> None:
-    from phasegate.flows.phase_transition import phase_transition
-
-    deployment_id = phase_transition.to_deployment(
-        name="phase-transition", parameters={"target_phase": 2}).apply()
+    pool = work_pools()[0]
     created: list[str] = []
+    with get_client(sync_client=True) as client:
+        deployment_id = client.read_deployment_by_name(TRANSITION_DEPLOYMENT).id
+        # The created run would wait for approvals: no worker takes it while the pool pauses.
+        client.update_work_pool(pool, WorkPoolUpdate(is_paused=True))
     try:
         first = trigger_check(auto_create=True)
         if not first["due"]:
@@ -146,4 +159,4 @@ def test_due_creates_one_transition_run_and_never_a_second(lab: dict[str, Any]) 
         with get_client(sync_client=True) as client:
             for run_id in created:
                 client.delete_flow_run(run_id)
-            client.delete_deployment(deployment_id)
+            client.update_work_pool(pool, WorkPoolUpdate(is_paused=False))

@@ -4,11 +4,8 @@ would from the UI or `phasegate approve`), the exact end state asserted."""
 from __future__ import annotations
 
 import contextvars
-import json
 import os
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -32,6 +29,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import StateType
+from prefect.states import Cancelled
 
 from phasegate.blocks.systems import GcpConnection, load_block
 from phasegate.cli.transition import approve
@@ -408,38 +406,34 @@ def test_ssh_frozen_during_redeploy_is_retried_never_half_applied(
         _scale_back(lab)
 
 
-def test_run_killed_mid_way_then_rerun_converges(lab: dict[str, Any], gpu2_installed: None,
-                                                 tmp_path: Path) -> None:
-    """The flow's process is SIGKILLed once it has switched vLLM and Redis: nothing restores
-    anything. The rerun gives back the dead run's Prefect slot, takes over its snapshot (the
-    true phase-1 state), finds vLLM and Redis already as planned (no second switch), finishes
-    the rest and ends in phase 2; the dead run is marked Crashed."""
-    params = {"plan_path": PLAN, "options": OPTIONS}
-    script = ("import json, sys\n"
-              "from phasegate.flows.phase_transition import phase_transition\n"
-              "phase_transition(target_phase=2, **json.loads(sys.argv[1]))\n")
-    with open(tmp_path / "killed.log", "wb") as log:
-        proc = subprocess.Popen(  # its own process, so that it can die like a crashed worker
-            [sys.executable, "-c", script, json.dumps(params)], stdout=log, stderr=log,
-            env={**os.environ, "PREFECT_API_URL": lab["prefect"]["api_url"]})
+def test_run_killed_mid_way_then_rerun_converges(lab: dict[str, Any], gpu2_installed: None
+                                                 ) -> None:
+    """Through the lab's workers, as the UI's Run button starts it: the worker's flow-run
+    process is SIGKILLed once it has switched vLLM and Redis, and nothing restores anything;
+    the worker reports the run Crashed. The rerun (a worker again) gives back the dead run's
+    Prefect slot, takes over its snapshot (the true phase-1 state), finds vLLM and Redis
+    already as planned (no second switch), finishes the rest and ends in phase 2."""
+    params = {"target_phase": 2, "plan_path": PLAN, "options": OPTIONS}
+    first = _deployment_run(params)
     try:
         killed = _answer("Alice Kim", "CTO", True)
         _answer("Bob Lee", "CFO", True)
         _wait_audit(lab, killed, "stage Redis: ok", 180)
     finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(30)
+        _kill_flow_run_process(first)
+    assert killed == str(first)
+    dead = _wait_run(first, 60)
+    assert dead.state is not None and dead.state.name == "Crashed"  # said by its worker
+    assert dead.labels["prefect.worker.name"] in lab["prefect"]["workers"]["local"]
     assert _phase(lab) == 1  # half-applied: vLLM and Redis changed, the phase not recorded
-    t, out = _in_thread(lambda: phase_transition(target_phase=2, return_state=True, **FAST))
+    second = _deployment_run(params)
     rerun = _answer("Alice Kim", "CTO", True, timeout=90)
     _answer("Bob Lee", "CFO", True)
-    t.join(300)
+    done = _wait_run(second, 300)
     try:
-        assert out["state"].is_completed(), out["state"].message
-        assert out["state"].result()["resumed_from"] == killed
+        assert rerun == str(second)
+        assert done.state is not None and done.state.is_completed(), done.state
         _assert_phase_2(lab)
-        with get_client(sync_client=True) as client:
-            assert client.read_flow_run(UUID(killed)).state.name == "Crashed"  # type: ignore[union-attr]
         with psycopg.connect(lab["postgres"]["state_dsn"]) as conn:
             snaps = dict(conn.execute(
                 "SELECT flow_run_id, array_agg(DISTINCT outcome || ' ' || outcome_detail)"
@@ -463,6 +457,36 @@ def test_run_killed_mid_way_then_rerun_converges(lab: dict[str, Any], gpu2_insta
         assert switch == ("0",)  # vLLM already ran as planned: left serving, not restarted
     finally:
         _scale_back(lab)
+
+
+def _deployment_run(parameters: dict[str, Any]) -> UUID:
+    """A run of the phase-transition deployment (a lab worker picks it up); its id."""
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name("phase-transition/phase-transition")
+        return client.create_flow_run_from_deployment(dep.id, parameters=parameters).id
+
+
+def _wait_run(run_id: UUID, timeout: float) -> Any:
+    """The flow run once its state is final (bounded wait)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(run_id)
+        if run.state is not None and run.state.is_final():
+            return run
+        time.sleep(0.3)
+    raise TimeoutError(f"flow run {run_id} not final after {timeout:.0f} s")
+
+
+def _kill_flow_run_process(run_id: UUID) -> None:
+    """SIGKILL the process a worker runs the flow run in (its infrastructure PID), or cancel
+    the run when it never started."""
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(run_id)
+        if run.infrastructure_pid:
+            os.kill(int(run.infrastructure_pid), signal.SIGKILL)
+        elif run.state is not None and not run.state.is_final():
+            client.set_flow_run_state(run_id, Cancelled(), force=True)
 
 
 def _assert_phase_2(lab: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ from phasegate.deployments.serve import (
     load_flow,
     read_deployments,
     runner_deployments,
+    work_pools,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,3 +73,11 @@ def test_serve_derives_every_deployment_from_prefect_yaml() -> None:
         assert (getattr(limit, "limit", limit)) == dep.get("concurrency_limit")
     unscheduled = runner_deployments(specs, schedules=False)
     assert all(not d.schedules for d in unscheduled)
+
+
+def test_every_deployment_runs_on_the_pool_the_lab_starts_workers_on() -> None:
+    assert work_pools() == ["local"]
+    assert [s.work_pool for s in read_deployments()] == ["local"] * len(DEPLOYMENTS)
+    # Resolved by `prefect deploy` in the checkout: where the workers find the code.
+    assert yaml.safe_load((ROOT / "prefect.yaml").read_text())["pull"] == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $PWD }}"}}]

@@ -1,6 +1,7 @@
 """`phasegate demo`: the whole story on the lab, time-compressed, in a few minutes.
 
-1. Lab up (if needed); serve the deployments against the lab's Prefect server.
+1. Lab up (if needed): its Prefect server (on the lab's PostgreSQL) lists every deployment of
+   prefect.yaml and its two process workers run them, for the demo and after it.
 2. trigger-check: is phase 2 due? (the evidence table)
 3. Install GPU #2; phase 1 -> 2 through the deployment (one click in the UI), approved by the
    CTO and the CFO (by `phasegate approve`, or by a person in the UI with --interactive), ending
@@ -16,9 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,11 +26,9 @@ from uuid import UUID
 import psycopg
 
 from phasegate.cli.lab import lab_layout, running_lab
-from phasegate.constants import LAB_DIR_ENV
 from phasegate.errors import LabError
 from phasegate.lab import control
 from phasegate.lab.layout import LabLayout
-from phasegate.lab.procs import pid_alive, stop_pid
 
 __all__ = ["register", "run_demo"]
 
@@ -67,14 +63,15 @@ def _say(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def _serve(layout: LabLayout, api: str) -> subprocess.Popen[bytes]:
-    """Serve the deployments in a child process (stopped by PID at the end)."""
-    env = {**os.environ, "PREFECT_API_URL": api, LAB_DIR_ENV: str(layout.root),
-           "PREFECT_LOGGING_LEVEL": "WARNING"}
-    log = open(layout.logs_dir / "serve.log", "ab")  # noqa: SIM115 - lives with the child
-    return subprocess.Popen([sys.executable, "-m", "phasegate.deployments.serve"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            cwd=Path(__file__).resolve().parents[2])
+def _workers(doc: dict[str, Any]) -> list[str]:
+    """The lab's Prefect workers, all running; LabError when one is not (a lab started before
+    the lab had workers, or a worker that died)."""
+    workers = [w for names in doc.get("prefect", {}).get("workers", {}).values() for w in names]
+    down = [w for w in workers if not doc["running"].get(f"prefect-worker:{w}")]
+    if not workers or down:
+        raise LabError(f"the lab's Prefect workers are not running ({', '.join(down) or 'none'}"
+                       "): restart the lab with `phasegate lab down` and `phasegate lab up`")
+    return workers
 
 
 def _wait_deployment(name: str, timeout_s: float = 60) -> None:
@@ -143,7 +140,15 @@ def _transition(target: int, interactive: bool, ui: str, reports: Path,
         breach = _when_watching(run.id, during_watch)
     state = _wait(run.id, lambda s: s.is_final(), 600)
     end = time.monotonic()
+    print(f"   ran on the lab's worker {_worker_of(run.id)}")
     return state, end - started, (end - breach) if breach else None
+
+
+def _worker_of(run_id: UUID) -> str:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return str(client.read_flow_run(run_id).labels.get("prefect.worker.name", "?"))
 
 
 def _when_watching(run_id: UUID, action: Any) -> float:
@@ -186,13 +191,9 @@ def run_demo(layout: LabLayout, interactive: bool = False) -> int:
     ui = api.removesuffix("/api")
     if _phase(doc["postgres"]["state_dsn"]) != 1:
         raise LabError("the demo starts in phase 1: run `phasegate lab down --purge` first")
-    server = _serve(layout, api)
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: api}):
-            return _story(layout, doc, ui, interactive, t0)
-    finally:
-        if pid_alive(server.pid):
-            stop_pid(server.pid, signal.SIGINT, timeout=10)
+    print(f"   Prefect workers: {', '.join(_workers(doc))} (they keep running with the lab)")
+    with temporary_settings(updates={PREFECT_API_URL: api}):
+        return _story(layout, doc, ui, interactive, t0)
 
 
 def _story(layout: LabLayout, doc: dict[str, Any], ui: str, interactive: bool,
@@ -256,3 +257,4 @@ def _summary(up_state: Any, up_s: float, down_state: Any, down_s: float,
     print(f"   demo wall time: {time.monotonic() - t0:.0f} s ({datetime.now(UTC):%H:%M} UTC)")
     print(f"   UI: {ui} (flow runs, their artifacts: approval form, load test, watch progress,"
           " postmortem and incident report)")
+    print(f"   every deployment's Run button keeps working: {ui}/deployments")

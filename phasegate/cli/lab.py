@@ -20,7 +20,10 @@ def register(sub: Any) -> None:
     lab = sub.add_parser("lab", help="the embedded lab: real servers + simulators on 127.0.0.1")
     cmds = lab.add_subparsers(dest="lab_command", required=True)
     up = _with_dir(cmds.add_parser("up", help="start the lab (data kept between runs)"))
-    up.add_argument("--no-prefect", action="store_true", help="do not start a Prefect server")
+    up.add_argument("--no-prefect", action="store_true",
+                    help="do not start a Prefect server (nor its workers)")
+    up.add_argument("--no-schedules", action="store_true",
+                    help="deployment schedules off (runs start only when asked for)")
     up.add_argument("--gpus", default="gpu-1=1,gpu-2=0",
                     help="initial GPUs per host, e.g. gpu-1=1,gpu-2=0")
     up.add_argument("--traffic", type=float, default=2.0, help="user journeys per second")
@@ -87,7 +90,8 @@ def _parse_gpus(text: str) -> dict[str, int]:
 def _up(args: argparse.Namespace) -> int:
     from phasegate.lab.supervisor import UpOptions, up
 
-    opts = UpOptions(prefect=not args.no_prefect, gpus=_parse_gpus(args.gpus),
+    opts = UpOptions(prefect=not args.no_prefect, schedules=not args.no_schedules,
+                     gpus=_parse_gpus(args.gpus),
                      traffic_rate=args.traffic, history_days=args.history_days)
     doc = up(lab_layout(args.dir), opts)
     print(json.dumps(doc, indent=2) if args.json else _human(doc))
@@ -117,6 +121,11 @@ def _human(doc: dict[str, Any]) -> str:
         url = part.get("dsn") or part.get("url") or part.get("endpoint") or part.get("api_url")
         if url:
             lines.append(f"  {name:<13} {url}")
+    prefect = doc.get("prefect", {})
+    if prefect.get("database"):
+        lines.append(f"  {'prefect db':<13} {prefect['database']}")
+    for pool, workers in prefect.get("workers", {}).items():
+        lines.append(f"  {'workers':<13} pool {pool} (process): {', '.join(workers)}")
     for h in doc.get("gpu_hosts", []):
         lines.append(f"  {h['name']:<13} ssh {h['user']}@{h['host']} -p {h['port']} "
                      f"-i {h['key_path']}  ({h['gpus']} GPUs, vLLM port {h['vllm_port']})")
