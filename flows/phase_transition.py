@@ -32,7 +32,7 @@ from phasegate.errors import (
 )
 from phasegate.flows.approvals import request_approvals
 from phasegate.flows.options import TransitionOptions
-from phasegate.flows.run import Run, connect, one_at_a_time
+from phasegate.flows.run import REFUSALS, Run, connect, one_at_a_time, refused
 from phasegate.flows.snapshot import running_containers, take_snapshot
 from phasegate.flows.sources import current_phase
 from phasegate.flows.verify import key_metrics, load_test, watch
@@ -192,7 +192,15 @@ def phase_transition(target_phase: int | None = None, plan_path: str | None = No
         plan_path: The plan file; empty: plans/dreamseed.yaml.
         options: Where the systems are and the run's knobs; the defaults are production's.
     """
-    opts, plan = options, load_plan(plan_path)
+    try:
+        return _transition(target_phase, plan_path, options)
+    except REFUSALS as exc:  # a guard said no before anything changed: not a crash
+        return refused(exc)
+
+
+def _transition(target_phase: int | None, plan_path: str | None, opts: TransitionOptions
+                ) -> dict[str, Any] | State:
+    plan = load_plan(plan_path)
     reports, backups = _report_dirs(opts)
     pg = load_block(PostgresConnection, f"{opts.prefix}-postgres")
     current = current_phase(pg)

@@ -117,9 +117,8 @@ def test_rejection_ends_cleanly_without_change(lab: dict[str, Any]) -> None:
 
 def test_skip_phase_is_refused_before_anything(lab: dict[str, Any]) -> None:
     state = phase_transition(target_phase=3, return_state=True, **FAST)
-    assert state.is_failed()
-    assert "SafetyStop: phase 1 -> 3 skips 1 phase(s): one step at a time (1 -> 2)" \
-        in state.message
+    assert state.is_failed() and state.name == "Refused"
+    assert state.message == "phase 1 -> 3 skips 1 phase(s): one step at a time (1 -> 2)"
     assert _phase(lab) == 1
 
 

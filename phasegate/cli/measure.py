@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from phasegate.cli.api import prefect_api
+from phasegate.cli.api import prefect_api, quiet_console
 from phasegate.errors import ConfigError
 
 __all__ = ["register"]
@@ -40,6 +40,7 @@ def _run(args: argparse.Namespace, call: Callable[[], dict[str, Any]]) -> dict[s
 
 
 def _check(args: argparse.Namespace) -> int:
+    quiet_console()
     from phasegate.flows.trigger_check import trigger_check
 
     try:
@@ -66,6 +67,7 @@ def _trigger_table(out: dict[str, Any]) -> str:
 
 
 def _forecast(args: argparse.Namespace) -> int:
+    quiet_console()
     from phasegate.flows.capacity_forecast import capacity_forecast
 
     out = _run(args, lambda: capacity_forecast(plan_path=args.plan, prefix=args.prefix))
