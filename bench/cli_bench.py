@@ -2,9 +2,10 @@
 
 Runs each command several times as a fresh process (the installed `phasegate` script beside
 this interpreter, the environment as given) and prints min / median / max wall seconds, the
-goal and whether the median meets it; also the import time of the modules each command needs
-(one `python -X importtime` run) and the machine's load average, since other work on the two
-cores moves every figure. `triggers check` runs the real trigger-check flow against the lab
+goal and whether the median meets it; also the median CPU seconds (user + system) of the
+process, the import time of the modules each command needs (one `python -X importtime` run)
+and the machine's load average: other work on the two cores stretches wall time, the CPU
+column much less. `triggers check` runs the real trigger-check flow against the lab
 (`phasegate lab up` first; --dir or $PHASEGATE_LAB says which lab, default .lab).
 
     .venv/bin/python bench/cli_bench.py [--runs 5] [--dir .lab] [--no-lab]
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -44,16 +46,19 @@ def cases(lab_dir: str | None) -> list[Case]:
                  needs_lab=True)]
 
 
-def wall(argv: list[str]) -> float:
-    """Seconds one run takes, start to exit; raises when the command fails."""
+def timed(argv: list[str]) -> tuple[float, float]:
+    """(wall, CPU) seconds of one run, start to exit; raises when the command fails."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run([PHASEGATE, *argv], capture_output=True, text=True, timeout=120,
                           check=False)
     took = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise RuntimeError(f"phasegate {' '.join(argv)} exited {done.returncode}: "
                            f"{done.stderr.strip()[-400:]}")
-    return took
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return took, cpu
 
 
 def import_seconds(argv: list[str]) -> float:
@@ -78,17 +83,20 @@ def main() -> int:
     runs = max(3, min(args.runs, 20))
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} "
           f"({os.cpu_count()} cores); {runs} runs each, after one warm-up run")
-    print(f"{'command':34} {'min':>6} {'median':>7} {'max':>6} {'imports':>8} {'goal':>6}  met")
+    print(f"{'command':34} {'min':>6} {'median':>7} {'max':>6} {'cpu':>6} {'imports':>8} "
+          f"{'goal':>6}  met")
     missed = 0
     for case in cases(args.dir):
         if case.needs_lab and args.no_lab:
             continue
-        wall(case.argv)  # warm-up: the OS file cache, Python's bytecode cache
-        times = sorted(wall(case.argv) for _ in range(runs))
+        timed(case.argv)  # warm-up: the OS file cache, Python's bytecode cache
+        samples = [timed(case.argv) for _ in range(runs)]
+        times = sorted(w for w, _ in samples)
         median = statistics.median(times)
+        cpu = statistics.median(c for _, c in samples)
         met = median < case.goal_s
         missed += not met
-        print(f"{case.label:34} {times[0]:6.2f} {median:7.2f} {times[-1]:6.2f} "
+        print(f"{case.label:34} {times[0]:6.2f} {median:7.2f} {times[-1]:6.2f} {cpu:6.2f} "
               f"{import_seconds(case.argv):8.2f} {'<' + format(case.goal_s, 'g'):>6}  "
               f"{'yes' if met else 'NO'}")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -35,7 +35,12 @@ def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace, call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    with prefect_api(args.dir):
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    # No heartbeat thread: these runs take seconds and change nothing, and ending the thread
+    # cost up to 1 s per command (it sleeps in 1 s steps). A transition keeps its heartbeat.
+    with prefect_api(args.dir), \
+            temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         return call()
 
 
