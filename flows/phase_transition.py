@@ -30,12 +30,13 @@ from phasegate.errors import (
     ApprovalRejected,
     ConfigError,
     PreconditionFailed,
+    PreflightFailed,
     SafetyStop,
 )
 from phasegate.flows.approvals import request_approvals
 from phasegate.flows.doctor import Scope, preflight
 from phasegate.flows.options import TransitionOptions
-from phasegate.flows.run import Run, connect, one_at_a_time
+from phasegate.flows.run import REFUSALS, Run, connect, one_at_a_time, refused
 from phasegate.flows.snapshot import running_containers, take_snapshot
 from phasegate.flows.sources import current_phase
 from phasegate.flows.verify import key_metrics, load_test, watch
@@ -127,8 +128,6 @@ def _preflight(run: Run, changes: ChangeSet, opts: TransitionOptions) -> Verdict
                              markdown=f"# Preflight: {verdict.summary}\n\n"
                                       f"{render_table(verdict.checks, markdown=True)}\n")
     run.audit("preflight", ok=verdict.ok, summary=verdict.summary)
-    if not verdict.ok:
-        raise PreconditionFailed(f"preflight: {verdict.explained}")
     return verdict
 
 
@@ -217,7 +216,15 @@ def phase_transition(target_phase: int | None = None, plan_path: str | None = No
         plan_path: The plan file; empty: plans/dreamseed.yaml.
         options: Where the systems are and the run's knobs; the defaults are production's.
     """
-    opts, plan = options, load_plan(plan_path)
+    try:
+        return _transition(target_phase, plan_path, options)
+    except REFUSALS as exc:  # a guard said no before anything changed: not a crash
+        return refused(exc)
+
+
+def _transition(target_phase: int | None, plan_path: str | None, opts: TransitionOptions
+                ) -> dict[str, Any] | State:
+    plan = load_plan(plan_path)
     reports, backups = _report_dirs(opts)
     pg = load_block(PostgresConnection, f"{opts.prefix}-postgres")
     current = current_phase(pg)
@@ -231,11 +238,13 @@ def phase_transition(target_phase: int | None = None, plan_path: str | None = No
     run.audit("requested", current=current, target=target, direction=direction,
               dry_run=opts.dry_run)
     changes = plan_changes(plan, current, target, run.vllm_ports)
-    try:
-        checks = run.step("preflight", lambda: _preflight(run, changes, opts))
-    except PreconditionFailed as exc:
-        run.ended(RunOutcome.STOPPED, str(exc))
-        raise
+    # The checks are a task that completes; a failing one refuses the run here, outside the
+    # task, as a refusal (one line, no traceback), before anyone is asked to approve.
+    checks = run.step("preflight", lambda: _preflight(run, changes, opts))
+    if not checks.ok:
+        reason = f"preflight: {checks.explained}"
+        run.ended(RunOutcome.STOPPED, reason)
+        raise PreflightFailed(reason)
     with one_at_a_time(run):
         if current_phase(pg) != current:  # re-read under the lock: someone moved first
             raise SafetyStop(f"phase changed to {current_phase(pg)} meanwhile; run again")

@@ -16,6 +16,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 from prefect.runtime import flow_run
+from prefect.states import Failed, State
 
 from phasegate.blocks.systems import (
     GcpConnection,
@@ -26,7 +27,7 @@ from phasegate.blocks.systems import (
     RedisConnection,
     load_block,
 )
-from phasegate.errors import TransitionLocked
+from phasegate.errors import PlanError, SafetyStop, TransitionLocked
 from phasegate.policy.containers import Container
 from phasegate.policy.outcomes import RunOutcome
 from phasegate.policy.plan import Plan
@@ -34,7 +35,7 @@ from phasegate.policy.transition import vllm_containers
 from phasegate.tasks import state_store
 from phasegate.tasks.transitions import TRANSITION_LIMIT, give_back_slot, keep_slot, take_slot
 
-__all__ = ["Run", "connect", "logger", "one_at_a_time"]
+__all__ = ["REFUSALS", "Run", "connect", "logger", "one_at_a_time", "refused", "refusal_reason"]
 
 T = TypeVar("T")
 
@@ -171,3 +172,26 @@ def _take_slot(run: Run, conn: psycopg.Connection[Any]) -> str:
                                "no phase transition holds the lock; check the limit in Prefect")
     state_store.record_slot_lease(conn, lease, run.run_id)
     return lease
+
+
+# What a guard raises before anything changed: a SafetyStop (a skipped phase, another
+# transition holding the lock, ...) or an invalid plan. An approver's "no" is not here: the
+# flow ends that one Completed ("Rejected").
+REFUSALS = (PlanError, SafetyStop)
+
+
+def refusal_reason(exc: PlanError | SafetyStop) -> str:
+    """The reason in one line (an invalid plan lists its problems separated by '; ')."""
+    if isinstance(exc, PlanError):
+        problems = "; ".join(f"{field}: {reason}" for field, reason in exc.problems)
+        return f"invalid phase plan ({len(exc.problems)} problem(s)): {problems}"
+    return " ".join(str(exc).split())
+
+
+def refused(exc: PlanError | SafetyStop) -> State:
+    """The end of a refused run: Failed, named "Refused", the reason as its one-line message.
+
+    Returned, not raised: a raised exception is logged by Prefect's engine with its traceback
+    (on the console and in the UI) as if something broke, for a request that was only
+    refused. Returning a Failed state keeps the run Failed (hooks, automations, exit code)."""
+    return Failed(name="Refused", message=refusal_reason(exc))

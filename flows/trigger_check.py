@@ -8,6 +8,8 @@ phase-transition run when due and allowed (it then waits for approvals).
 
 from __future__ import annotations
 
+import contextvars
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,6 +48,19 @@ def _evaluate(cond: Condition, plan: Plan, prom: PrometheusConnection, pg: Postg
     if isinstance(fetched, str):
         return unknown_result(cond, fetched)
     return evaluate_condition(cond, fetched)
+
+
+def _evaluate_all(conditions: list[Condition], plan: Plan, prom: PrometheusConnection,
+                  pg: PostgresConnection, now: datetime, days: int,
+                  manual: dict[str, float]) -> list[ConditionResult]:
+    """Every condition's result, in the plan's order, fetched side by side: each fetch waits
+    on Prometheus or PostgreSQL (measured: 0.8 s of a 2 s run for four range queries one
+    after the other). Each call runs in its own copy of this run's context, so its task runs
+    belong to this flow run and reach the same API."""
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="condition") as pool:
+        futures = [pool.submit(contextvars.copy_context().run, _evaluate, cond, plan, prom, pg,
+                               now, days, manual) for cond in conditions]
+        return [future.result() for future in futures]
 
 
 def _publish(report: TriggerReport) -> None:
@@ -92,8 +107,8 @@ def trigger_check(plan_path: str | None = None, prefix: str = "lab",
     transition = plan.transition(phase, phase + 1)
     now = datetime.now(UTC)
     days = history_days(list(transition.conditions))
-    results = [_evaluate(c, plan, prom, pg, now, days, manual_values or {})
-               for c in transition.conditions]
+    results = _evaluate_all(list(transition.conditions), plan, prom, pg, now, days,
+                            manual_values or {})
     report = evaluate_transition(transition, results)
     _record_and_alert(pg, report, notifications)
     _publish(report)

@@ -17,7 +17,8 @@ Retries and rollback branch on these types, never on message text::
     ├── SafetyStop                    a guard refused to act; nothing was changed
     │   ├── ApprovalRejected          an approver said no
     │   ├── ApprovalExpired           nobody answered before the approval timeout
-    │   └── TransitionLocked          another transition holds the lock
+    │   ├── TransitionLocked          another transition holds the lock
+    │   └── PreflightFailed           a system the step needs does not answer (doctor's checks)
     └── LabError                      the embedded lab could not start, or is not running
 
 `is_retryable(exc)` is the single predicate tasks pass to Prefect's `retry_condition_fn`.
@@ -35,6 +36,7 @@ __all__ = [
     "PhasegateError",
     "PlanError",
     "PreconditionFailed",
+    "PreflightFailed",
     "RemoteCommandFailed",
     "RemoteTimeout",
     "SafetyStop",
@@ -120,6 +122,11 @@ class ApprovalExpired(SafetyStop):
 
 class TransitionLocked(SafetyStop):
     """Another phase transition holds the lock."""
+
+
+class PreflightFailed(SafetyStop):
+    """The preflight (flows.doctor) found a system the step needs that does not answer, or a
+    query of its plan that returns nothing: the run stops before anyone is asked to approve."""
 
 
 class LabError(PhasegateError):

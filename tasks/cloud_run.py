@@ -4,15 +4,16 @@ update mask naming only the fields that differ."""
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
-
-from google.api_core import exceptions as gexc
-from google.cloud import run_v2
-from google.protobuf import field_mask_pb2
+from typing import TYPE_CHECKING, Any
 
 from phasegate.blocks.systems import GcpConnection
 from phasegate.errors import ConfigError, PreconditionFailed, RemoteTimeout, VerificationFailed
 from phasegate.tasks.retrying import retried
+
+# The Google client libraries are imported where they are used (they take seconds to import
+# and every flow imports this module); the names below are for the type annotations.
+if TYPE_CHECKING:
+    from google.cloud import run_v2
 
 __all__ = ["SETTING_MASKS", "apply_service_settings", "read_service_settings"]
 
@@ -30,6 +31,8 @@ SETTING_MASKS = {
 
 
 def _get_service(gcp: GcpConnection, client: run_v2.ServicesClient) -> run_v2.Service:
+    from google.api_core import exceptions as gexc
+
     try:
         return client.get_service(name=gcp.service_name, timeout=30)
     except (gexc.ServiceUnavailable, gexc.DeadlineExceeded) as exc:
@@ -99,6 +102,8 @@ def _set(svc: run_v2.Service, key: str, value: Any, urls_env: str) -> None:
 
 def _set_env(container: run_v2.Container, name: str, value: str) -> None:
     """Set (or, with an empty value, remove) one env var of the container, keeping the rest."""
+    from google.cloud import run_v2
+
     env = [e for e in container.env if e.name != name]
     if value:
         env.append(run_v2.EnvVar(name=name, value=value))
@@ -110,6 +115,10 @@ def _update(gcp: GcpConnection, client: run_v2.ServicesClient, svc: run_v2.Servi
             paths: list[str], timeout_s: float) -> None:
     """PATCH with `paths` as the mask (the etag read makes a concurrent change a 409), then
     wait for the rollout to finish."""
+    from google.api_core import exceptions as gexc
+    from google.cloud import run_v2
+    from google.protobuf import field_mask_pb2
+
     request = run_v2.UpdateServiceRequest(service=svc,
                                           update_mask=field_mask_pb2.FieldMask(paths=paths))
     try:

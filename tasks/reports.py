@@ -7,15 +7,16 @@ import io
 import math
 from collections.abc import Mapping
 from datetime import date, timedelta
+from typing import TYPE_CHECKING
 
-import matplotlib
+from prefect import task
 
-matplotlib.use("Agg")  # no display here or on workers
-import matplotlib.dates as mdates  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-from prefect import task  # noqa: E402
+from phasegate.policy.forecast import SeriesForecast
 
-from phasegate.policy.forecast import SeriesForecast  # noqa: E402
+# matplotlib is imported when a chart is drawn (it is slow to import, and only the forecast
+# draws); the name below is for the type annotations.
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
 
 __all__ = ["forecast_png", "png_data_uri"]
 
@@ -26,6 +27,11 @@ _SHOWN_DAYS = 120  # forecast days drawn: far enough for the next thresholds, re
 def forecast_png(series: list[tuple[SeriesForecast, Mapping[date, float | None]]],
                  today: date) -> bytes:
     """One panel per series: history, forecast mean, interval, thresholds and ETAs."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display here or on workers
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(len(series), 1, figsize=(9, 2.6 * len(series)), squeeze=False)
     for ax, (fc, history) in zip(axes[:, 0], series, strict=True):
         _panel(ax, fc, history, today)
@@ -38,6 +44,8 @@ def forecast_png(series: list[tuple[SeriesForecast, Mapping[date, float | None]]
 
 def _panel(ax: plt.Axes, fc: SeriesForecast, history: Mapping[date, float | None],
            today: date) -> None:
+    import matplotlib.dates as mdates
+
     days_seen = sorted(history)
     seen = [math.nan if history[d] is None else float(history[d] or 0.0) for d in days_seen]
     ax.plot(mdates.date2num(days_seen), seen, color="black", lw=1, label="history")

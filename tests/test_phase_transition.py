@@ -117,9 +117,8 @@ def test_rejection_ends_cleanly_without_change(lab: dict[str, Any],
 
 def test_skip_phase_is_refused_before_anything(lab: dict[str, Any]) -> None:
     state = phase_transition(target_phase=3, return_state=True, **FAST)
-    assert state.is_failed()
-    assert "SafetyStop: phase 1 -> 3 skips 1 phase(s): one step at a time (1 -> 2)" \
-        in state.message
+    assert state.is_failed() and state.name == "Refused"
+    assert state.message == "phase 1 -> 3 skips 1 phase(s): one step at a time (1 -> 2)"
     assert _phase(lab) == 1
 
 
@@ -193,7 +192,7 @@ def _scale_back(lab: dict[str, Any]) -> None:
 
 def test_missing_gpu_stops_at_the_preflight_before_anyone_is_asked(lab: dict[str, Any]) -> None:
     state = phase_transition(target_phase=2, return_state=True, **FAST)  # no pause: no answer
-    assert state.is_failed()
+    assert state.is_failed() and state.name == "Refused"
     assert ("preflight: " in state.message and "FAIL: gpu-1 nvidia-smi: 1 GPU(s): NVIDIA RTX"
             " A6000; the target phase needs 2" in state.message), state.message
     run_id = str(state.state_details.flow_run_id)

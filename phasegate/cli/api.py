@@ -9,6 +9,7 @@ threads (lease renewal) and child processes reach the same API as the command it
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,10 @@ import httpx
 from phasegate.constants import DEFAULT_LAB_DIR, LAB_DIR_ENV
 from phasegate.errors import ConfigError
 
-__all__ = ["lab_dir", "prefect_api", "prefect_api_url"]
+__all__ = ["lab_dir", "prefect_api", "prefect_api_url", "quiet_console"]
+
+# Prefect's console handler level for the commands that run a flow in this process.
+CONSOLE_LEVEL_ENV = "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"
 
 
 def lab_dir(explicit: str | None = None) -> Path:
@@ -40,6 +44,18 @@ def _lab_api(directory: Path) -> str | None:
     except httpx.HTTPError:
         return None
     return url if healthy else None
+
+
+def quiet_console() -> None:
+    """Show only Prefect's warnings and errors on this terminal (e.g. "waiting for approval"),
+    not a line per task run: the command prints its own result. The run's logs still reach
+    the Prefect API (the UI) in full. Call it before Prefect is imported, which reads its
+    logging setup then; a level the user set in the environment wins."""
+    os.environ.setdefault(CONSOLE_LEVEL_ENV, "WARNING")
+    # Prefect's queue services say "Still processing items: N items remaining..." at WARNING
+    # whenever the process exits with events or logs still queued (they are still sent).
+    for service in ("EventsWorker", "APILogWorker"):
+        logging.getLogger(service).setLevel(logging.ERROR)
 
 
 def prefect_api_url(explicit_lab_dir: str | None = None) -> str | None:

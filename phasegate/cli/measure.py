@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from phasegate.cli.api import prefect_api
+from phasegate.cli.api import prefect_api, quiet_console
 from phasegate.errors import ConfigError
 
 __all__ = ["register"]
@@ -35,11 +35,17 @@ def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace, call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    with prefect_api(args.dir):
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    # No heartbeat thread: these runs take seconds and change nothing, and ending the thread
+    # cost up to 1 s per command (it sleeps in 1 s steps). A transition keeps its heartbeat.
+    with prefect_api(args.dir), \
+            temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         return call()
 
 
 def _check(args: argparse.Namespace) -> int:
+    quiet_console()
     from phasegate.flows.trigger_check import trigger_check
 
     try:
@@ -66,6 +72,7 @@ def _trigger_table(out: dict[str, Any]) -> str:
 
 
 def _forecast(args: argparse.Namespace) -> int:
+    quiet_console()
     from phasegate.flows.capacity_forecast import capacity_forecast
 
     out = _run(args, lambda: capacity_forecast(plan_path=args.plan, prefix=args.prefix))

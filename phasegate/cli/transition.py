@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 from uuid import UUID
 
-from phasegate.cli.api import prefect_api
+from phasegate.cli.api import prefect_api, quiet_console
 from phasegate.errors import ConfigError
 
 __all__ = ["approve", "register"]
@@ -65,6 +66,7 @@ def _approve(args: argparse.Namespace) -> int:
 
 
 def _transition(args: argparse.Namespace) -> int:
+    quiet_console()
     from pydantic import ValidationError
 
     from phasegate.flows.options import TransitionOptions
@@ -81,11 +83,10 @@ def _transition(args: argparse.Namespace) -> int:
     with prefect_api(args.dir):
         state = phase_transition(target_phase=args.target, plan_path=args.plan,
                                  options=options, return_state=True)
-    if state.is_completed() and state.name == "Rejected":
-        print(f"phase transition rejected: {state.message}")
-        return 1
-    if state.is_completed():
+    if state.is_completed() and state.name != "Rejected":
         print(f"phase transition: {state.result()}")
         return 0
-    print(f"phase transition {state.name}: {state.message}")
+    # Refused, Rejected, Failed: one line on stderr, the run's own state message.
+    print(f"error: phase transition {(state.name or 'ended').lower()}: {state.message}",
+          file=sys.stderr)
     return 1
