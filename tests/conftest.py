@@ -83,3 +83,14 @@ def lab_layout(lab: dict[str, Any]) -> Any:
     from phasegate.lab.layout import LabLayout
 
     return LabLayout(Path(lab["dir"]))
+
+
+@pytest.fixture
+def gpu2_installed(lab: dict[str, Any], lab_layout: Any) -> Iterator[None]:
+    """gpu-1 with its second GPU (the seed's D-Day 10:00 step): phase 2 needs it, and the
+    transition's preflight refuses a run the hosts cannot carry."""
+    from phasegate.lab import control
+
+    control.set_gpu_count(lab_layout, "gpu-1", 2)
+    yield
+    control.set_gpu_count(lab_layout, "gpu-1", 1)

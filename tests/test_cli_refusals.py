@@ -94,7 +94,8 @@ def test_bad_plan_is_one_line(lab: dict[str, Any], tmp_path: Path) -> None:
     _assert_refused(done, reason)
 
 
-def test_second_transition_is_one_line(lab: dict[str, Any], tmp_path: Path) -> None:
+def test_second_transition_is_one_line(lab: dict[str, Any], tmp_path: Path,
+                                       gpu2_installed: None) -> None:
     options = TransitionOptions(approval_timeout="90s", approval_poll="1s")
     holder = threading.Thread(target=contextvars.copy_context().run, daemon=True, args=(
         lambda: phase_transition(target_phase=2, plan_path=PLAN, options=options,
@@ -109,7 +110,8 @@ def test_second_transition_is_one_line(lab: dict[str, Any], tmp_path: Path) -> N
         holder.join(120)
 
 
-def test_rejected_approval_is_one_line(lab: dict[str, Any], tmp_path: Path) -> None:
+def test_rejected_approval_is_one_line(lab: dict[str, Any], tmp_path: Path,
+                                       gpu2_installed: None) -> None:
     asked = subprocess.Popen(  # noqa: S603 - our own command
         [PHASEGATE, "transition", "--to", "2", "--plan", PLAN, "--dir", lab["dir"]],
         env=_plain_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

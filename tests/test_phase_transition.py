@@ -9,7 +9,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -35,7 +35,6 @@ from phasegate.blocks.systems import GcpConnection, load_block
 from phasegate.cli.transition import approve
 from phasegate.flows.options import TransitionOptions
 from phasegate.flows.phase_transition import phase_transition
-from phasegate.lab import control
 from phasegate.lab.blocks import gpu_host_block
 from phasegate.policy.containers import Container, Gpus, LiveContainer
 from phasegate.policy.outcomes import RunOutcome
@@ -92,14 +91,6 @@ def _phase(lab: dict[str, Any]) -> int:
 def _set_phase(lab: dict[str, Any], phase: int) -> None:
     with psycopg.connect(lab["postgres"]["state_dsn"], autocommit=True) as conn:
         conn.execute("UPDATE phase_state SET phase = %s", (phase,))
-
-
-@pytest.fixture
-def gpu2_installed(lab: dict[str, Any], lab_layout: Any) -> Iterator[None]:
-    """gpu-1 with its second GPU (the seed's D-Day 10:00 step)."""
-    control.set_gpu_count(lab_layout, "gpu-1", 2)
-    yield
-    control.set_gpu_count(lab_layout, "gpu-1", 1)
 
 
 def test_rejection_ends_cleanly_without_change(lab: dict[str, Any],
