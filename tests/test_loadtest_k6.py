@@ -110,11 +110,12 @@ def test_percentiles_under_stalls_agree_with_k6(freezing: Running, tmp_path: Pat
     for stat in ("p(90)", "p(95)", "p(99)"):
         assert ours[stat] == pytest.approx(theirs[stat], rel=0.1), stat
     assert theirs["p(95)"] > 100  # the stalls show in both
-    # 100/s for 4 s: both schedule 401 iterations (one is due exactly at the end); a starved
-    # generator may drop one (no idle VU in time), which both count as dropped
-    started = [_scheduled(engine.summary["metrics"]),
-               _scheduled(k6.summary["k6"]["summary_export"]["metrics"])]
-    assert started == [401, 401]
+    # 100/s for 4 s: 401 iterations (one is due exactly at the end); a starved generator may
+    # drop one (no idle VU in time), which both count as dropped. The engine's count is exact;
+    # k6 starts the one due at the end only if its timer fires before it stops (the CI run of
+    # 2026-12-03 saw k6 start 400): its own race, so k6 may be one short, never more.
+    assert _scheduled(engine.summary["metrics"]) == 401
+    assert _scheduled(k6.summary["k6"]["summary_export"]["metrics"]) in (400, 401)
     assert _verdicts(engine.summary) == _k6_verdicts(k6)
     assert engine.exit_code == k6.exit_code
     # k6's samples read back give k6's own percentiles (the histogram's 1 % error)
