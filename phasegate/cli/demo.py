@@ -29,6 +29,7 @@ from phasegate.cli.lab import lab_layout, running_lab
 from phasegate.errors import LabError
 from phasegate.lab import control
 from phasegate.lab.layout import LabLayout
+from phasegate.lab.plans import light_plan
 
 __all__ = ["register", "run_demo"]
 
@@ -123,7 +124,7 @@ def _approve_all(run_id: UUID, interactive: bool, ui: str) -> None:
         _wait(run_id, lambda s, sid=state.id: s.id != sid, 60)
 
 
-def _transition(target: int, interactive: bool, ui: str, reports: Path,
+def _transition(target: int, plan: Path, interactive: bool, ui: str, reports: Path,
                 during_watch: Any = None) -> tuple[Any, float, float | None]:
     """Run the phase-transition deployment; returns (final state, seconds, breach->end s)."""
     from prefect.client.schemas.objects import FlowRun
@@ -132,6 +133,7 @@ def _transition(target: int, interactive: bool, ui: str, reports: Path,
     started = time.monotonic()
     run = cast(FlowRun, run_deployment("phase-transition/phase-transition", timeout=0,
                                        parameters={"target_phase": target,
+                                                   "plan_path": str(plan),
                                                    "options": DEMO_OPTIONS}))
     print(f"   run {run.id}: {ui}/runs/flow-run/{run.id}")
     _approve_all(run.id, interactive, ui)
@@ -205,14 +207,17 @@ def _story(layout: LabLayout, doc: dict[str, Any], ui: str, interactive: bool,
     report = trigger_check()
     print(f"   {report['summary']}")
     reports = layout.root / "reports"  # the lab-reports Block's directory
+    # The plan's load tests are production-sized; the lab's 2 cores carry a tenth of the VUs.
+    plan = light_plan(layout.root / "plans" / "demo.yaml")
+    print(f"   plan: {plan} (plans/dreamseed.yaml with load-test VUs / 10 for the lab's 2 cores)")
     _say("D-Day 10:00: GPU #2 installed on gpu-1 (phasegate lab gpus gpu-1 2)")
     control.set_gpu_count(layout, "gpu-1", 2)
     _say("phase 1 -> 2 (approvals by the CTO and the CFO)")
-    up_state, up_s, _ = _transition(2, interactive, ui, reports)
+    up_state, up_s, _ = _transition(2, plan, interactive, ui, reports)
     print(f"   {up_state.name} in {up_s:.0f} s; phase now {_phase(doc['postgres']['state_dsn'])}")
     _say("planned step back 2 -> 1, with a fault during the watch (API answering 50 % errors)")
     try:
-        down_state, down_s, breach_s = _transition(1, interactive, ui, reports, lambda: (
+        down_state, down_s, breach_s = _transition(1, plan, interactive, ui, reports, lambda: (
             control.set_fault(layout, "api", "erroring", rate=0.5)))
     finally:
         control.clear_faults(layout)
