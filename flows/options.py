@@ -45,13 +45,15 @@ class TransitionOptions(BaseModel):
                                "answer.")
     vllm_ready_timeout: str = Field(default="10m", description="How long a new vLLM server "
                                     "may take to load its model.")
+    time_limit: str | None = Field(default=None, description="How long the run may take "
+                                   "after its approvals (default: the plan's, 4h).")
     reports_dir: str | None = Field(default=None, description="Reports and backups here "
                                     "(default: the PREFIX-reports Block's directories).")
     prometheus_block: str | None = Field(default=None, description="Another Prometheus Block "
                                          "(default: PREFIX-prometheus).")
 
     @field_validator("watch_duration", "watch_interval", "watch_min_window",
-                     "approval_timeout", "approval_poll", "vllm_ready_timeout")
+                     "approval_timeout", "approval_poll", "vllm_ready_timeout", "time_limit")
     @classmethod
     def _duration(cls, value: str | None) -> str | None:
         if value is not None:

@@ -13,7 +13,9 @@ Retries and rollback branch on these types, never on message text::
     │   ├── RemoteCommandFailed       a command on a GPU host exited non-zero
     │   ├── PreconditionFailed        the world is not as required (e.g. too few GPUs)
     │   │   └── TlsVerificationFailed a server's TLS certificate was refused (host, reason)
-    │   └── VerificationFailed        an applied change did not read back as intended
+    │   ├── VerificationFailed        an applied change did not read back as intended
+    │   ├── LockLost                  the transition lock's session is gone mid-run
+    │   └── TimeLimitExceeded         the run passed the plan's time limit for the step
     ├── SafetyStop                    a guard refused to act; nothing was changed
     │   ├── ApprovalRejected          an approver said no
     │   ├── ApprovalExpired           nobody answered before the approval timeout
@@ -32,6 +34,7 @@ __all__ = [
     "CapacityUnavailable",
     "ConfigError",
     "LabError",
+    "LockLost",
     "PermanentError",
     "PhasegateError",
     "PlanError",
@@ -41,6 +44,7 @@ __all__ = [
     "RemoteTimeout",
     "SafetyStop",
     "SourceUnavailable",
+    "TimeLimitExceeded",
     "TlsVerificationFailed",
     "TransientError",
     "TransitionLocked",
@@ -105,6 +109,15 @@ class TlsVerificationFailed(PreconditionFailed):
 
 class VerificationFailed(PermanentError):
     """A change was applied but did not read back as intended."""
+
+
+class LockLost(PermanentError):
+    """The session holding the transition lock is gone (a dropped connection, a failover, an
+    idle timeout): another run could take the lock, so this one stops and rolls back."""
+
+
+class TimeLimitExceeded(PermanentError):
+    """The run has used the plan's time limit for this step (`transitions[].time_limit`)."""
 
 
 class SafetyStop(PhasegateError):

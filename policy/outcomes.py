@@ -18,6 +18,7 @@ class RunOutcome(StrEnum):
     SUCCEEDED = "succeeded"              # the new phase is in place, watched and recorded
     ROLLED_BACK = "rolled-back"          # a failure after a change; every restore verified
     ROLLBACK_INCOMPLETE = "rollback-incomplete"  # a restore failed: people must finish it
+    CANCELLED = "cancelled"              # cancelled (UI, Ctrl-C, SIGTERM); changes rolled back
     STOPPED = "stopped"                  # failed before any change (backup, GPUs): untouched
     REJECTED = "rejected"                # an approver said no: nothing changed
     EXPIRED = "expired"                  # nobody answered the approval in time

@@ -14,6 +14,8 @@ other parts failed (phase numbering, transition end points). All of them arrive 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from datetime import time, timedelta
 from pathlib import Path
@@ -87,6 +89,7 @@ __all__ = [
     "Weekly",
     "k6_threshold_problems",
     "load_plan",
+    "plan_digest",
     "parse_duration",
     "scalar_sql_problems",
     "sql_problems",
@@ -723,6 +726,9 @@ class Transition(_Model):
     conditions: Annotated[list[Condition], Field(min_length=1)]
     watch: Watch
     checklist: list[ChecklistStage] = []
+    # The whole run after the approvals (backup, changes, load test, watch), so a step that
+    # hangs cannot hold the lock for ever; passed, the run rolls back.
+    time_limit: Duration = timedelta(hours=4)
 
     @property
     def groups(self) -> list[str]:
@@ -738,6 +744,9 @@ class Transition(_Model):
         problems += _duplicates([c.id for c in self.conditions], "conditions", "id")
         problems += self._quorum_problems()
         problems += _stage_order_problems([s.stage for s in self.checklist])
+        if self.time_limit <= self.watch.duration:
+            problems.append(("time_limit", f"{format_duration(self.time_limit)} leaves no "
+                             f"time beyond the watch ({format_duration(self.watch.duration)})"))
         _raise_problems(problems)
         return self
 
@@ -973,6 +982,13 @@ def _parse_yaml(text: str, source: str) -> Any:
     if loader.duplicates:
         raise PlanError([(f"{source}:{where}", reason) for where, reason in loader.duplicates])
     return data
+
+
+def plan_digest(plan: Plan) -> str:
+    """sha256 of the validated plan's canonical JSON: what an approval was given for (two
+    files that differ only in comments or key order have the same digest)."""
+    text = json.dumps(plan.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def load_plan(path: str | Path | None = None) -> Plan:

@@ -16,6 +16,8 @@ and returns frozen, JSON-ready dataclasses; no clock, no I/O.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -222,6 +224,12 @@ class ChangeSet:
         lines.append(f"Cost: {_usd(self.cost_before_usd)} -> {_usd(self.cost_after_usd)} / month")
         lines += [_gpu_line(h) for h in self.gpu_hosts if h.before != h.after]
         return lines + [f"Manual: {m}" for m in self.manual]
+
+    def digest(self) -> str:
+        """sha256 of the change set's canonical JSON: the approval covers exactly this; the
+        run re-plans under the lock and refuses when the digest differs."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the flow stores it with the run and shows it in the form)."""
