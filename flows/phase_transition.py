@@ -15,6 +15,7 @@ stage is a Prefect task named after it, so the UI shows the runbook.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,9 +23,10 @@ from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from prefect.states import Completed, State
+from prefect.exceptions import TerminationSignal
+from prefect.states import Cancelled, Completed, State
 
-from phasegate.blocks.systems import PostgresConnection, ReportStore, load_block
+from phasegate.blocks.systems import GpuHost, PostgresConnection, ReportStore, load_block
 from phasegate.errors import (
     ApprovalExpired,
     ApprovalRejected,
@@ -32,11 +34,12 @@ from phasegate.errors import (
     PreconditionFailed,
     PreflightFailed,
     SafetyStop,
+    TransitionLocked,
 )
 from phasegate.flows.approvals import request_approvals
 from phasegate.flows.doctor import Scope, preflight
 from phasegate.flows.options import TransitionOptions
-from phasegate.flows.run import REFUSALS, Run, connect, one_at_a_time, refused
+from phasegate.flows.run import REFUSALS, Run, connect, one_at_a_time, refused, shielded
 from phasegate.flows.snapshot import running_containers, take_snapshot
 from phasegate.flows.sources import current_phase
 from phasegate.flows.verify import key_metrics, load_test, watch
@@ -44,7 +47,7 @@ from phasegate.flows.vllm_switch import deploy
 from phasegate.policy.doctor import Verdict, render_table
 from phasegate.policy.durations import parse_duration
 from phasegate.policy.outcomes import RunOutcome
-from phasegate.policy.plan import Plan, Watch, load_plan
+from phasegate.policy.plan import Plan, Watch, load_plan, plan_digest
 from phasegate.policy.postmortem import PostmortemFacts, render_incident, render_postmortem
 from phasegate.policy.transition import (
     ROLLBACK_ORDER,
@@ -62,6 +65,12 @@ from phasegate.tasks.gpu_hosts import detect_gpus
 from phasegate.tasks.notifications import send_notification
 from phasegate.tasks.postgres import monthly_revenue
 from phasegate.tasks.redis_cache import apply_memory_config
+from phasegate.tasks.transitions import (
+    CancelWatch,
+    cancel_requested,
+    resume_for_rollback,
+    waiting_for_approval,
+)
 from phasegate.tasks.vllm import server_errors
 
 __all__ = ["phase_transition"]
@@ -238,32 +247,81 @@ def _transition(target_phase: int | None, plan_path: str | None, opts: Transitio
     run.audit("requested", current=current, target=target, direction=direction,
               dry_run=opts.dry_run)
     changes = plan_changes(plan, current, target, run.vllm_ports)
+    _before_approval(run, changes, opts)
+    ended = _ask(run, changes, opts)
+    if ended is not None:
+        return ended
+    if opts.dry_run:
+        run.ended(RunOutcome.DRY_RUN)
+        return {"outcome": RunOutcome.DRY_RUN.value, "changes": changes.describe()}
+    # The lock only now: a pending approval (up to a day) must not keep the rollback
+    # deployment out during an incident.
+    with one_at_a_time(run):
+        _still_as_approved(run, changes, opts)
+        limit = opts.duration("time_limit") or plan.transition(
+            min(current, target), max(current, target)).time_limit
+        run.deadline = time.monotonic() + limit.total_seconds()
+        return _execute(run, changes, _watch_config(plan, current, target, opts),
+                        opts.load_test_scale, reports, backups)
+
+
+def _before_approval(run: Run, changes: ChangeSet, opts: TransitionOptions) -> None:
+    """The preflight, and no second run asking for approval at the same time. Raises a
+    SafetyStop (a refusal: one line, no traceback) before anyone is asked."""
     # The checks are a task that completes; a failing one refuses the run here, outside the
-    # task, as a refusal (one line, no traceback), before anyone is asked to approve.
+    # task, as a refusal.
     checks = run.step("preflight", lambda: _preflight(run, changes, opts))
+    run.preflight = checks
     if not checks.ok:
         reason = f"preflight: {checks.explained}"
         run.ended(RunOutcome.STOPPED, reason)
         raise PreflightFailed(reason)
-    with one_at_a_time(run):
-        if current_phase(pg) != current:  # re-read under the lock: someone moved first
-            raise SafetyStop(f"phase changed to {current_phase(pg)} meanwhile; run again")
-        try:
-            _approve(run, changes, opts, checks)
-        except ApprovalExpired:
-            run.ended(RunOutcome.EXPIRED)
-            raise  # Prefect ends a timed-out pause Failed whatever we return
-        except ApprovalRejected as exc:
-            run.ended(RunOutcome.REJECTED, str(exc))
-            send_notification(opts.notifications, f"phase {current} -> {target} rejected",
-                              str(exc))
-            # A "no" is a clean end, not a failure: nothing was changed.
-            return Completed(name="Rejected", message=str(exc))
-        if opts.dry_run:
-            run.ended(RunOutcome.DRY_RUN)
-            return {"outcome": RunOutcome.DRY_RUN.value, "changes": changes.describe()}
-        return _execute(run, changes, _watch_config(plan, current, target, opts),
-                        opts.load_test_scale, reports, backups)
+    others = waiting_for_approval(exclude=run.run_id)
+    if others:
+        raise TransitionLocked(f"another phase transition ({', '.join(others)}) is waiting "
+                               "for its approvals: answer or cancel it first")
+
+
+def _ask(run: Run, changes: ChangeSet, opts: TransitionOptions) -> State | None:
+    """The approvals; None when given, else how the run ends (Rejected; Expired raises)."""
+    current, target = changes.from_phase, changes.to_phase
+    try:
+        _approve(run, changes, opts, run.preflight)
+    except ApprovalExpired:
+        run.ended(RunOutcome.EXPIRED)
+        raise  # Prefect ends a timed-out pause Failed whatever we return
+    except ApprovalRejected as exc:
+        run.ended(RunOutcome.REJECTED, str(exc))
+        send_notification(opts.notifications, f"phase {current} -> {target} rejected",
+                          str(exc))
+        # A "no" is a clean end, not a failure: nothing was changed.
+        return Completed(name="Rejected", message=str(exc))
+    run.approved = (plan_digest(run.plan), changes.digest())
+    run.audit("approved for", plan_sha256=run.approved[0], changes_sha256=run.approved[1])
+    return None
+
+
+def _still_as_approved(run: Run, changes: ChangeSet, opts: TransitionOptions) -> None:
+    """Under the lock: the phase, the plan file and the change set are the ones approved
+    (another run may have moved first; the file or a Block may have changed meanwhile).
+    Raises SafetyStop (refused, nothing changed, people told)."""
+    current, target = changes.from_phase, changes.to_phase
+    now = current_phase(run.pg)
+    reread = load_plan(run.plan_path)
+    ports = {name: load_block(GpuHost, f"{opts.prefix}-{name}").vllm_port
+             for name in run.hosts}
+    problems = []
+    if now != current:
+        problems.append(f"the phase is {now} now, not {current}")
+    if plan_digest(reread) != run.approved[0]:
+        problems.append("the plan file changed after the approval")
+    elif plan_changes(reread, current, target, ports).digest() != run.approved[1]:
+        problems.append("the change set differs from the approved one (a Block changed)")
+    if problems:
+        reason = "; ".join(problems) + ": run again and ask for approval again"
+        run.ended(RunOutcome.STOPPED, reason)
+        send_notification(run.notifications, f"phase {current} -> {target} refused", reason)
+        raise SafetyStop(reason)
 
 
 def _report_dirs(opts: TransitionOptions) -> tuple[Path, Path]:
@@ -288,21 +346,28 @@ def _watch_config(plan: Plan, current: int, target: int, opts: TransitionOptions
 
 
 def _execute(run: Run, changes: ChangeSet, plan_watch: Watch, scale: float, reports: Path,
-             backups: Path) -> dict[str, Any]:
+             backups: Path) -> dict[str, Any] | State:
     current, target = changes.from_phase, changes.to_phase
     before = key_metrics(run, plan_watch)
-    snap = run.step("snapshot", lambda: take_snapshot(run, changes, current, target))
-    try:
-        run.step("backup", lambda: _backup(run, backups))
-        run.step("gpu detection", lambda: _check_gpus(run, target))
-    except Exception as exc:
-        run.ended(RunOutcome.STOPPED, f"stopped before any change: {exc}")
-        raise
-    try:
-        _change_and_verify(run, changes, snap, plan_watch, scale)
-    except Exception as exc:
-        _after_failure(run, changes, plan_watch, before, reports, exc)
-        raise
+    with CancelWatch(run.run_id) as cancel:
+        snap = run.step("snapshot", lambda: take_snapshot(run, changes, current, target))
+        try:
+            run.guard("the backup")
+            run.step("backup", lambda: _backup(run, backups))
+            run.step("gpu detection", lambda: _check_gpus(run, target))
+        except BaseException as exc:
+            return _stopped_before_change(run, changes, exc, _cancel_cause(run, exc, cancel))
+        try:
+            _change_and_verify(run, changes, snap, plan_watch, scale)
+        except BaseException as exc:
+            cause = _cancel_cause(run, exc, cancel)
+            if cause is None and not isinstance(exc, Exception):
+                raise  # SystemExit and the like: not ours to handle
+            outcome = _after_failure(run, changes, plan_watch, before, reports, exc, cause)
+            if cause is None:
+                raise
+            return Cancelled(message=f"{cause}; {outcome.label}")
+    run.guard("recording the new phase")
     with run.pg.get_connection(run.pg.state_database) as conn:
         state_store.set_phase(conn, target, f"phase-transition {run.run_id}")
     run.ended(RunOutcome.SUCCEEDED)
@@ -313,28 +378,65 @@ def _execute(run: Run, changes: ChangeSet, plan_watch: Watch, scale: float, repo
             "resumed_from": run.resumed_from}
 
 
+def _cancel_cause(run: Run, exc: BaseException, cancel: CancelWatch) -> str | None:
+    """Who stopped the run, when `exc` is a cancel (Ctrl-C, SIGTERM from a worker acting on
+    the UI's Cancel, or our own watch); None for an ordinary failure."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "cancelled with Ctrl-C (SIGINT) in the terminal that ran it"
+    if not isinstance(exc, TerminationSignal):
+        return None
+    return (cancel.reason or cancel_requested(run.run_id)
+            or "stopped by SIGTERM (not a Prefect cancel: e.g. a worker shutting down)")
+
+
+def _stopped_before_change(run: Run, changes: ChangeSet, exc: BaseException,
+                           cause: str | None) -> State:
+    """Nothing was changed yet: record STOPPED (or CANCELLED) and end; raise a failure."""
+    if cause is None:
+        run.ended(RunOutcome.STOPPED, f"stopped before any change: {exc}")
+        raise exc
+    run.ended(RunOutcome.CANCELLED, f"{cause}; before any change")
+    send_notification(run.notifications, f"phase {changes.from_phase} -> {changes.to_phase} "
+                      "cancelled", f"{cause}; nothing had been changed")
+    return Cancelled(message=f"{cause}; nothing had been changed")
+
+
 def _change_and_verify(run: Run, changes: ChangeSet, snap: dict[str, Any], plan_watch: Watch,
                        scale: float) -> None:
-    """The changes, each stacking its undo first, then the load test and the watch."""
-    run.step("vLLM redeploy", lambda: _redeploy_vllm(run, changes, snap))
-    run.step("Redis", lambda: _apply_redis(run, changes, snap))
-    run.step("Cloud Run", lambda: _apply_cloud_run(run, changes, snap))
-    run.step("load test", lambda: load_test(run, changes.to_phase, scale))
-    run.step("metric watch", lambda: watch(run, plan_watch, changes))
+    """The changes, each stacking its undo first, then the load test and the watch; before
+    each, the lock and the time limit are checked (Run.guard)."""
+    stages: list[tuple[str, Callable[[], object]]] = [
+        ("vLLM redeploy", lambda: _redeploy_vllm(run, changes, snap)),
+        ("Redis", lambda: _apply_redis(run, changes, snap)),
+        ("Cloud Run", lambda: _apply_cloud_run(run, changes, snap)),
+        ("load test", lambda: load_test(run, changes.to_phase, scale)),
+        ("metric watch", lambda: watch(run, plan_watch, changes)),
+    ]
+    for name, stage in stages:
+        run.guard(name)
+        run.step(name, stage)
 
 
 def _after_failure(run: Run, changes: ChangeSet, plan_watch: Watch,
                    before: dict[str, tuple[float | None, str]], reports: Path,
-                   exc: Exception) -> None:
-    """Roll back, record the outcome, write the incident report and tell people."""
-    problems = _rollback(run, str(exc))
-    outcome = RunOutcome.ROLLBACK_INCOMPLETE if problems else RunOutcome.ROLLED_BACK
-    run.ended(outcome, "; ".join(problems))
-    _report(run, changes, plan_watch, before, reports, outcome, failure=str(exc),
-            problems=problems)
-    send_notification(run.notifications,
-                      f"phase {changes.from_phase} -> {changes.to_phase} {outcome.label}",
-                      f"reason: {exc}" + (f"\nrollback problems: {problems}" if problems else ""))
+                   exc: BaseException, cause: str | None) -> RunOutcome:
+    """Roll back (shielded from a cancel or a second signal), record the outcome, write the
+    incident report and tell people. `cause`: who cancelled, when it was a cancel."""
+    failure = cause or str(exc) or type(exc).__name__
+    with shielded("the rollback"):
+        if cause is not None:  # Prefect starts no task in a Cancelling run: Running again
+            resume_for_rollback(run.run_id, f"{cause}; rolling back")
+        problems = _rollback(run, failure)
+        outcome = (RunOutcome.ROLLBACK_INCOMPLETE if problems else
+                   RunOutcome.CANCELLED if cause else RunOutcome.ROLLED_BACK)
+        run.ended(outcome, "; ".join([*([cause] if cause else []), *problems]))
+        _report(run, changes, plan_watch, before, reports, outcome, failure=failure,
+                problems=problems)
+        send_notification(run.notifications,
+                          f"phase {changes.from_phase} -> {changes.to_phase} {outcome.label}",
+                          f"reason: {failure}" +
+                          (f"\nrollback problems: {problems}" if problems else ""))
+    return outcome
 
 
 def _report(run: Run, changes: ChangeSet, plan_watch: Watch,

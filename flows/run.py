@@ -5,6 +5,9 @@ audit trail, and the guard that lets one transition run at a time. Shared by the
 from __future__ import annotations
 
 import logging
+import signal
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,15 +30,28 @@ from phasegate.blocks.systems import (
     RedisConnection,
     load_block,
 )
-from phasegate.errors import PlanError, SafetyStop, TransitionLocked
+from phasegate.errors import (
+    LockLost,
+    PlanError,
+    SafetyStop,
+    TimeLimitExceeded,
+    TransitionLocked,
+)
 from phasegate.policy.containers import Container
 from phasegate.policy.outcomes import RunOutcome
 from phasegate.policy.plan import Plan
 from phasegate.policy.transition import vllm_containers
 from phasegate.tasks import state_store
-from phasegate.tasks.transitions import TRANSITION_LIMIT, give_back_slot, keep_slot, take_slot
+from phasegate.tasks.transitions import (
+    TRANSITION_LIMIT,
+    flow_run_ended,
+    give_back_slot,
+    keep_slot,
+    take_slot,
+)
 
-__all__ = ["REFUSALS", "Run", "connect", "logger", "one_at_a_time", "refused", "refusal_reason"]
+__all__ = ["REFUSALS", "Run", "connect", "logger", "one_at_a_time", "refused", "refusal_reason",
+           "shielded"]
 
 T = TypeVar("T")
 
@@ -63,6 +79,19 @@ class Run:
     timeline: list[dict[str, Any]] = field(default_factory=list)
     actions: list[tuple[str, str, str]] = field(default_factory=list)
     undo: list[tuple[str, Callable[[], object]]] = field(default_factory=list)
+    preflight: Any = None             # the preflight's Verdict (shown with the approval)
+    approved: tuple[str, str] = ("", "")  # (plan sha256, change set sha256) approved
+    lock_conn: psycopg.Connection[Any] | None = None  # the session holding the lock
+    deadline: float | None = None     # time.monotonic() by which the run must be done
+
+    def guard(self, before: str) -> None:
+        """Before a change: the lock is still this run's and the time limit not passed.
+        Raises LockLost or TimeLimitExceeded (both roll back what was done so far)."""
+        if self.lock_conn is not None and not state_store.lock_held(self.lock_conn):
+            raise LockLost(f"the transition lock's PostgreSQL session is gone (before "
+                           f"{before}): another run could take the lock; stopping")
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise TimeLimitExceeded(f"the run passed its time limit before {before}")
 
     @property
     def vllm_ports(self) -> dict[str, int]:
@@ -85,9 +114,10 @@ class Run:
 
     def ended(self, outcome: RunOutcome, detail: str = "") -> None:
         """Record how the run ended: its snapshot, if it took one, is closed (no later run
-        resumes from it) and the audit table says so."""
-        with self.pg.get_connection(self.pg.state_database) as conn:
-            state_store.close_snapshots(conn, self.run_id, outcome, detail)
+        resumes from it) unless a restore failed, and the audit table says so."""
+        if outcome is not RunOutcome.ROLLBACK_INCOMPLETE:  # else: still the truth of before
+            with self.pg.get_connection(self.pg.state_database) as conn:
+                state_store.close_snapshots(conn, self.run_id, outcome, detail)
         self.audit("outcome", outcome=outcome.value, detail=detail)
 
     def step(self, name: str, fn: Callable[[], T]) -> T:
@@ -150,28 +180,70 @@ def one_at_a_time(run: Run) -> Iterator[None]:
     with run.pg.get_connection(run.pg.state_database) as conn, \
             state_store.transition_lock(conn):
         lease = _take_slot(run, conn)
+        run.lock_conn = conn
         try:
             with keep_slot(lease, run.slot_lease_s):
                 yield
         finally:
+            run.lock_conn = None
             give_back_slot(lease)
-            state_store.mark_slot_released(conn, lease, run.run_id)
+            _mark_released(run, lease)
 
 
 def _take_slot(run: Run, conn: psycopg.Connection[Any]) -> str:
     """The transition slot's lease id; a dead run's slot (its lease recorded) is given back."""
     lease = take_slot(run.slot_lease_s)
     if lease is None:
-        for dead_lease, dead_run in state_store.unreleased_slot_leases(conn):
+        holders = []
+        for dead_lease, holder in state_store.unreleased_slot_leases(conn):
+            if not flow_run_ended(holder):  # the lock alone is no proof: it can be lost
+                holders.append(holder)
+                continue
             give_back_slot(dead_lease)
             state_store.mark_slot_released(conn, dead_lease, run.run_id)
-            run.audit("gave back the slot of a run that died", run=dead_run, lease=dead_lease)
+            run.audit("gave back the slot of a run that died", run=holder, lease=dead_lease)
         lease = take_slot(run.slot_lease_s)
     if lease is None:
-        raise TransitionLocked(f"the '{TRANSITION_LIMIT}' concurrency slot is taken although "
-                               "no phase transition holds the lock; check the limit in Prefect")
+        who = (f"by run(s) {', '.join(holders)}, which Prefect says have not ended (if its "
+               f"process is gone, its lease expires within {run.slot_lease_s:.0f} s)"
+               if holders else "although no phase transition holds the lock; check the "
+               "limit in Prefect")
+        raise TransitionLocked(f"the '{TRANSITION_LIMIT}' concurrency slot is taken {who}")
     state_store.record_slot_lease(conn, lease, run.run_id)
     return lease
+
+
+def _mark_released(run: Run, lease: str) -> None:
+    """Record the slot given back, on a fresh session: the lock's may be the one that died."""
+    try:
+        with run.pg.get_connection(run.pg.state_database) as conn:
+            state_store.mark_slot_released(conn, lease, run.run_id)
+    except psycopg.Error as exc:  # the lease is released in Prefect; only the record is late
+        logger().warning("could not record the released slot %s: %s", lease, exc)
+
+
+@contextmanager
+def shielded(why: str) -> Iterator[list[int]]:
+    """While the block runs, SIGTERM and SIGINT are recorded (the yielded list), not acted on:
+    a cancel or a worker's stop cannot interrupt the rollback half-way. Only SIGKILL can; the
+    run's snapshot then stays open and the rollback deployment (or a rerun) finishes it.
+    Outside the main thread signals cannot be handled, and the block just runs."""
+    seen: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+
+    def note(signum: int, _frame: object) -> None:
+        seen.append(signum)
+        logger().warning("signal %s received during %s: finishing it first",
+                         signal.Signals(signum).name, why)
+
+    before = {sig: signal.signal(sig, note) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield seen
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 # What a guard raises before anything changed: a SafetyStop (a skipped phase, another

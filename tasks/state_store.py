@@ -25,7 +25,8 @@ __all__ = ["SCHEMA_SQL", "TRANSITION_LOCK_KEY", "Snapshot", "append_audit",
            "mark_slot_released", "record_slot_lease", "unreleased_slot_leases",
            "list_approvals",
            "read_current_phase", "record_approval", "save_forecast", "save_postmortem",
-           "save_snapshot", "save_trigger_evaluation", "set_phase", "transition_lock"]
+           "save_snapshot", "save_trigger_evaluation", "set_phase", "lock_held",
+           "transition_lock"]
 
 # pg_try_advisory_lock key of "a phase transition runs" (any fixed bigint; this one is
 # int.from_bytes(b"phasegat") so that it cannot collide with small ad-hoc keys).
@@ -212,6 +213,10 @@ def transition_lock(conn: psycopg.Connection[Any],
     Non-blocking: raises TransitionLocked when another session holds it. `conn` should be
     dedicated to the lock: the lock lives as long as its session, so a crashed flow releases
     it with its connection. Released on exit, also when the block raises."""
+    if conn.info.server_version >= 140000:
+        # The lock's session sits idle for the whole run: a server-wide idle timeout must
+        # not end it (lock_held would notice, but the run would have to roll back).
+        conn.execute("SET idle_session_timeout = 0")
     got = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
     conn.commit()  # a session lock outlives the transaction; do not sit idle in one
     if not (got and got[0]):
@@ -224,6 +229,22 @@ def transition_lock(conn: psycopg.Connection[Any],
                 conn.rollback()
             conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
             conn.commit()
+
+
+def lock_held(conn: psycopg.Connection[Any], key: int = TRANSITION_LOCK_KEY) -> bool:
+    """Whether `conn`'s session still holds advisory lock `key`: False when the session is
+    gone (dropped connection, failover, terminated backend) or the lock was released."""
+    if conn.closed or conn.broken:
+        return False
+    try:
+        row = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND pid = pg_backend_pid() AND objsubid = 1"
+            " AND ((classid::bigint << 32) | objid::bigint) = %s)", (key,)).fetchone()
+        conn.commit()
+    except psycopg.Error:
+        return False
+    return bool(row and row[0])
 
 
 def record_slot_lease(conn: psycopg.Connection[Any], lease_id: str, flow_run_id: str) -> None:

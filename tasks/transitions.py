@@ -10,8 +10,10 @@ knows the holder is dead) gives the slot back at once."""
 
 from __future__ import annotations
 
+import _thread
 import contextvars
 import logging
+import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,13 +32,15 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import StateType
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
-from prefect.states import Crashed
+from prefect.states import Crashed, Running
 
 from phasegate.errors import PreconditionFailed, RemoteTimeout
 from phasegate.tasks.retrying import retried
 
-__all__ = ["TRANSITION_DEPLOYMENT", "TRANSITION_LIMIT", "create_transition_run", "describe_limit",
-           "give_back_slot", "keep_slot", "mark_crashed", "open_transition_runs", "take_slot"]
+__all__ = ["TRANSITION_DEPLOYMENT", "TRANSITION_LIMIT", "CancelWatch", "cancel_requested",
+           "create_transition_run",
+           "describe_limit", "flow_run_ended", "give_back_slot", "keep_slot", "mark_crashed",
+           "open_transition_runs", "resume_for_rollback", "take_slot", "waiting_for_approval"]
 
 log = logging.getLogger(__name__)
 
@@ -166,3 +170,84 @@ def describe_limit() -> str:
         raise PreconditionFailed(f"'{TRANSITION_LIMIT}' allows {limit.limit} at a time "
                                  f"(active: {limit.active}); it must allow exactly 1")
     return f"'{TRANSITION_LIMIT}' allows 1 at a time; {limit.active_slots} in use"
+
+
+def flow_run_ended(flow_run_id: str) -> bool:
+    """Whether Prefect says the flow run has ended (a final state), or knows no such run: the
+    only proof that a recorded slot lease belongs to nobody (the transition lock alone is not:
+    a live run can lose its session silently)."""
+    try:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(UUID(flow_run_id))
+    except (ObjectNotFound, ValueError):
+        return True
+    return run.state is not None and run.state.is_final()
+
+
+def waiting_for_approval(exclude: str) -> list[str]:
+    """IDs of other phase-transition runs paused for their approvals."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["phase-transition"])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+    return [str(r.id) for r in runs if str(r.id) != exclude]
+
+
+def resume_for_rollback(flow_run_id: str, reason: str) -> None:
+    """Put a Cancelling run back to Running ("Rolling back"): Prefect refuses to start tasks
+    in a flow run that is not Running, and the compensation is made of tasks."""
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(UUID(flow_run_id),
+                                  Running(name="Rolling back", message=reason), force=True)
+
+
+class CancelWatch:
+    """Watch a flow run's state while it changes things; when someone cancels it through the
+    Prefect API (the UI's Cancel), interrupt the main thread with SIGTERM, as a worker does.
+
+    A run started in this process (`phasegate transition`) has no worker to act on
+    "Cancelling"; without this it would stay Cancelling while it went on changing things.
+    `reason` says what was seen. Poll errors are logged and retried at the next poll."""
+
+    def __init__(self, flow_run_id: str, poll_s: float = 2.0) -> None:
+        self.flow_run_id, self.poll_s = flow_run_id, poll_s
+        self.reason: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> CancelWatch:
+        # A copy of this context: the Prefect settings (which API) live in context variables.
+        self._thread = threading.Thread(target=contextvars.copy_context().run,
+                                        args=(self._watch,), name="cancel-watch", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            seen = cancel_requested(self.flow_run_id)
+            if seen and not self._stop.is_set():
+                self.reason = seen
+                _thread.interrupt_main(signal.SIGTERM)  # no-op unless a handler is set
+                return
+
+
+def cancel_requested(flow_run_id: str) -> str | None:
+    """How the run was cancelled through the Prefect API, or None when it was not (or its
+    state cannot be read now: logged)."""
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(UUID(flow_run_id)).state
+    except Exception as exc:  # noqa: BLE001 - the watch polls again; a reader says "unknown"
+        log.warning("cannot read flow run %s: %s", flow_run_id, exc)
+        return None
+    if state is None or state.type not in (StateType.CANCELLING, StateType.CANCELLED):
+        return None
+    when = state.timestamp.isoformat(timespec="seconds") if state.timestamp else "?"
+    said = f": {state.message}" if state.message else ""
+    return f"cancelled through the Prefect API (state {state.name} at {when}{said})"
