@@ -104,7 +104,10 @@ def test_second_transition_is_one_line(lab: dict[str, Any], tmp_path: Path,
     run_id = _paused_run()
     try:
         done = _cli(lab, tmp_path, "transition", "--to", "2", "--plan", PLAN)
-        _assert_refused(done, "another phase transition holds the lock")
+        # The first run waits for its approvals without the lock; the second is refused
+        # because two approved transitions could otherwise race for the same phase.
+        _assert_refused(done, f"another phase transition ({run_id}) is waiting for its "
+                        "approvals: answer or cancel it first")
     finally:
         approve(run_id, "Alice Kim", "CTO", approved=False, comment="test over")
         holder.join(120)

@@ -181,6 +181,38 @@ def _scale_back(lab: dict[str, Any]) -> None:
     _assert_phase_1_intact(lab)
 
 
+def test_rollback_runs_while_a_transition_waits_for_its_approvals(
+        lab: dict[str, Any], gpu2_installed: None) -> None:
+    # Restores the phase-1 snapshot the happy path above recorded (the lab stays in phase 1).
+    from phasegate.flows.rollback import rollback
+
+    with psycopg.connect(lab["postgres"]["state_dsn"]) as conn:
+        snapshot_of = conn.execute("SELECT flow_run_id FROM snapshots WHERE phase = 1"
+                                   " ORDER BY at DESC LIMIT 1").fetchone()[0]
+    t, out = _in_thread(lambda: phase_transition(target_phase=2, return_state=True, **FAST))
+    run_id = _paused_run()
+    try:
+        assert _active_slots() == 0  # a pending approval holds neither the slot...
+        started = time.monotonic()
+        done = rollback(flow_run_id=str(snapshot_of))  # ...nor the lock: no TransitionLocked
+        assert done == {"phase": 1, "restored_from": str(snapshot_of)}
+        print(f"rollback during a pending approval: {time.monotonic() - started:.1f} s")
+        assert _active_slots() == 0
+    finally:
+        approve(run_id, "Alice Kim", "CTO", approved=False, comment="test over")
+        t.join(120)
+    assert out["state"].name == "Rejected"
+    assert _phase(lab) == 1
+    _assert_phase_1_intact(lab)
+
+
+def _active_slots() -> int:
+    """The server's active slots of the one-transition-at-a-time limit, read from outside."""
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name("phase-transition")
+    return int(limit.active_slots)
+
+
 def test_missing_gpu_stops_at_the_preflight_before_anyone_is_asked(lab: dict[str, Any]) -> None:
     state = phase_transition(target_phase=2, return_state=True, **FAST)  # no pause: no answer
     assert state.is_failed() and state.name == "Refused"
