@@ -7,6 +7,9 @@ counts, checks, abortOnFail, LLM streaming metrics, target URLs, the HTTP client
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -256,3 +259,52 @@ def test_client_resends_a_get_when_the_server_closed_the_idle_connection(logs: P
         assert asyncio.run(go()) == [200, 200]
     finally:
         stop_target(target)
+
+
+STOPPED_BY_SIGNAL = """
+import signal, sys, time
+from phasegate.loadtest.engine import run
+from phasegate.loadtest.options import adhoc_options
+
+class Stop(BaseException):  # what Prefect's TerminationSignal is: not an Exception
+    pass
+
+def handler(signum, frame):
+    raise Stop(signum)
+
+signal.signal(signal.SIGTERM, handler)
+opts = adhoc_options({"executor": "constant-vus", "vus": 2, "duration": "60s"},
+                     request={"METHOD": "GET", "PATH": "/"})
+print("started", flush=True)
+began = time.monotonic()
+try:
+    run(opts, sys.argv[1])
+except Stop as exc:
+    print(f"stopped by the caller's handler after {time.monotonic() - began:.1f} s", flush=True)
+    # The caller's own handler is back in place once the test is over.
+    print("handler restored:", signal.getsignal(signal.SIGTERM) is handler, flush=True)
+    sys.exit(3)
+print("ran to the end", flush=True)
+"""
+
+
+def test_sigterm_stops_the_test_and_reaches_the_callers_handler(slow: Running) -> None:
+    """A SIGTERM mid-test (a worker stopping a cancelled run) ends the test at once and is
+    raised by the caller's own handler; the loop neither swallows nor logs it."""
+    child = subprocess.Popen(  # noqa: S603 - our own interpreter
+        [sys.executable, "-c", STOPPED_BY_SIGNAL, slow.url], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "started\n"
+        time.sleep(1.5)  # mid-test: VUs are sending
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=20)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+    assert child.returncode == 3, (out, err)
+    took = float(out.split("after ")[1].split(" s")[0])
+    assert took < 5, out  # 1.5 s of test, then the stop: not the 60 s the test would run
+    assert "handler restored: True" in out
+    assert "Traceback" not in err and "Exception in callback" not in err, err

@@ -27,6 +27,8 @@ import concurrent.futures
 import contextlib
 import logging
 import resource
+import signal
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -48,6 +50,7 @@ __all__ = ["Progress", "ProgressCallback", "RunResult", "TlsOptions", "check_tar
 log = logging.getLogger("phasegate.loadtest")
 _now = time.monotonic
 T = TypeVar("T")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 HARD_MARGIN_S = 5.0  # beyond every scenario's end + graceful stop: a safety net, not a knob
 CONTROL_TICK_S = 0.1  # how often ramping-vus re-reads its schedule
 
@@ -411,6 +414,49 @@ def run(options: Options, target: str, *, scale: float = 1.0,
 
 
 def _run_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """`coro` in a fresh loop. In the main thread a SIGTERM or SIGINT stops the test and is
+    then given to the handler the caller had (Prefect's raises TerminationSignal): a Python
+    handler that raised inside the loop's callbacks would be caught and logged by the loop,
+    and the test would run on."""
+    if threading.current_thread() is not threading.main_thread():
+        return _new_loop(coro)
+    before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    caught: list[int] = []
+    try:
+        return _new_loop(_stoppable(coro, [s for s, h in before.items()
+                                           if h is not signal.SIG_IGN], caught))
+    except asyncio.CancelledError:
+        if not caught:
+            raise
+    finally:
+        for sig, handler in before.items():  # the loop leaves SIG_DFL behind
+            signal.signal(sig, handler)
+    signal.raise_signal(caught[0])  # its handler raises here (or the default ends us)
+    raise asyncio.CancelledError(f"load test stopped by {signal.Signals(caught[0]).name}")
+
+
+async def _stoppable(coro: Coroutine[Any, Any, T], signals: list[int], caught: list[int]
+                     ) -> T:
+    """Await `coro`; one of `signals` cancels it and is recorded in `caught`."""
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    if task is None:  # not run by a loop's runner: nothing to cancel
+        return await coro
+
+    def stop(signum: int) -> None:
+        log.warning("load test stopped by %s", signal.Signals(signum).name)
+        caught.append(signum)
+        task.cancel()
+
+    for sig in signals:
+        loop.add_signal_handler(sig, stop, sig)
+    try:
+        return await coro
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+def _new_loop(coro: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop
     except ImportError:
