@@ -34,6 +34,7 @@ from phasegate.errors import (
     PreconditionFailed,
     PreflightFailed,
     SafetyStop,
+    TimeLimitExceeded,
     TransitionLocked,
 )
 from phasegate.flows.approvals import request_approvals
@@ -349,23 +350,29 @@ def _execute(run: Run, changes: ChangeSet, plan_watch: Watch, scale: float, repo
              backups: Path) -> dict[str, Any] | State:
     current, target = changes.from_phase, changes.to_phase
     before = key_metrics(run, plan_watch)
-    with CancelWatch(run.run_id) as cancel:
+    with CancelWatch(run.run_id, deadline=run.deadline) as cancel:
         snap = run.step("snapshot", lambda: take_snapshot(run, changes, current, target))
         try:
             run.guard("the backup")
             run.step("backup", lambda: _backup(run, backups))
             run.step("gpu detection", lambda: _check_gpus(run, target))
-        except BaseException as exc:
+        except BaseException as caught:
+            exc = _as_failure(caught, cancel)
             return _stopped_before_change(run, changes, exc, _cancel_cause(run, exc, cancel))
         try:
             _change_and_verify(run, changes, snap, plan_watch, scale)
-        except BaseException as exc:
+            cancel.stop_watching()  # inside the try: a last-moment interrupt still rolls back
+        except BaseException as caught:
+            exc = _as_failure(caught, cancel)
             cause = _cancel_cause(run, exc, cancel)
             if cause is None and not isinstance(exc, Exception):
                 raise  # SystemExit and the like: not ours to handle
+            cancel.stop_watching()  # the rollback is not interrupted by our own watch
             outcome = _after_failure(run, changes, plan_watch, before, reports, exc, cause)
-            if cause is None:
+            if cause is None and exc is caught:
                 raise
+            if cause is None:
+                raise exc from caught
             return Cancelled(message=f"{cause}; {outcome.label}")
     run.guard("recording the new phase")
     with run.pg.get_connection(run.pg.state_database) as conn:
@@ -376,6 +383,15 @@ def _execute(run: Run, changes: ChangeSet, plan_watch: Watch, scale: float, repo
                       md.splitlines()[0] if md else f"now in phase {target}")
     return {"outcome": RunOutcome.SUCCEEDED.value, "phase": target, "actions": run.actions,
             "resumed_from": run.resumed_from}
+
+
+def _as_failure(exc: BaseException, cancel: CancelWatch) -> BaseException:
+    """The SIGTERM our own watch sent at the time limit is a failure (TimeLimitExceeded, which
+    rolls back and ends Failed), not a cancel by someone."""
+    if cancel.timed_out and isinstance(exc, TerminationSignal):
+        return TimeLimitExceeded("the run passed its time limit (the plan's transition "
+                                 "time_limit, or the run's option) and was interrupted")
+    return exc
 
 
 def _cancel_cause(run: Run, exc: BaseException, cancel: CancelWatch) -> str | None:

@@ -71,7 +71,9 @@ class Run:
     run_id: str
     actor: str = "phase-transition"
     vllm_ready_timeout_s: float = 600.0
-    slot_lease_s: float = 120.0       # renewed every 40 s; a dead run's slot is given back
+    # Prefect's shortest lease, renewed every 20 s: a dead run's slot comes back within about
+    # 75 s (the lease plus the server's 15 s repossessor loop) even without our give-back.
+    slot_lease_s: float = 60.0
     switch_failures: int | None = None
     resumed_from: str | None = None   # the run that died mid-way and whose snapshot this took
     plan_path: str | None = None      # the plan file (None: the default); the load test reads it

@@ -15,6 +15,7 @@ import contextvars
 import logging
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from uuid import UUID
@@ -203,16 +204,21 @@ def resume_for_rollback(flow_run_id: str, reason: str) -> None:
 
 
 class CancelWatch:
-    """Watch a flow run's state while it changes things; when someone cancels it through the
-    Prefect API (the UI's Cancel), interrupt the main thread with SIGTERM, as a worker does.
+    """Watch a flow run while it changes things, and stop it the way a worker would (SIGTERM
+    to the main thread) when someone cancels it through the Prefect API (the UI's Cancel) or
+    when it passes its time limit (`deadline`, a time.monotonic() value).
 
     A run started in this process (`phasegate transition`) has no worker to act on
-    "Cancelling"; without this it would stay Cancelling while it went on changing things.
-    `reason` says what was seen. Poll errors are logged and retried at the next poll."""
+    "Cancelling"; without this it would stay Cancelling while it went on changing things. A
+    stage that hangs past the time limit is interrupted the same way, so the rollback runs.
+    `reason` says what was seen (a cancel), `timed_out` that the limit passed. Poll errors
+    are logged and retried at the next poll."""
 
-    def __init__(self, flow_run_id: str, poll_s: float = 2.0) -> None:
-        self.flow_run_id, self.poll_s = flow_run_id, poll_s
+    def __init__(self, flow_run_id: str, poll_s: float = 2.0,
+                 deadline: float | None = None) -> None:
+        self.flow_run_id, self.poll_s, self.deadline = flow_run_id, poll_s, deadline
         self.reason: str | None = None
+        self.timed_out = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -228,11 +234,17 @@ class CancelWatch:
         if self._thread is not None:
             self._thread.join(timeout=10)
 
+    def stop_watching(self) -> None:
+        """No more interrupts from here on (the rollback must not be interrupted by us)."""
+        self._stop.set()
+
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_s):
-            seen = cancel_requested(self.flow_run_id)
-            if seen and not self._stop.is_set():
-                self.reason = seen
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                self.timed_out = True
+            else:
+                self.reason = cancel_requested(self.flow_run_id)
+            if (self.timed_out or self.reason) and not self._stop.is_set():
                 _thread.interrupt_main(signal.SIGTERM)  # no-op unless a handler is set
                 return
 
