@@ -373,7 +373,9 @@ def _execute(run: Run, changes: ChangeSet, plan_watch: Watch, scale: float, repo
                 raise
             if cause is None:
                 raise exc from caught
-            return Cancelled(message=f"{cause}; {outcome.label}")
+            done = (outcome.label if outcome is RunOutcome.ROLLBACK_INCOMPLETE else
+                    "every change rolled back and verified")
+            return Cancelled(message=f"{cause}; {done}")
     run.guard("recording the new phase")
     with run.pg.get_connection(run.pg.state_database) as conn:
         state_store.set_phase(conn, target, f"phase-transition {run.run_id}")

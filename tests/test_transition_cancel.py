@@ -140,7 +140,10 @@ def test_worker_run_cancelled_in_the_watch_rolls_back(lab: dict[str, Any], lab_l
     state = _wait_run(UUID(run_id), 120).state
     print(f"worker run: cancel during the watch -> Cancelled in {time.monotonic() - asked:.1f} s")
     assert state is not None and state.is_cancelled(), state
-    assert "rolled back" in (state.message or ""), state.message
+    # Our own Cancelled message ("...; every change rolled back and verified") may be
+    # replaced by the worker's "Flow run was cancelled successfully.": after the process
+    # exits, Prefect's runner forces its own Cancelled state. The incident report, the audit
+    # table and the notification keep what happened (asserted below).
     _assert_rolled_back(lab, lab_layout, run_id, RunOutcome.CANCELLED, BY_API)
 
 
