@@ -135,7 +135,8 @@ def _scratch_database(pg: PostgresConnection, name: str) -> Iterator[PostgresCon
                 sql.Identifier(name)))
 
 
-@transient_retries(1, [3])
+# Above its own pg_dump/restore budget (timeout_s, 30 min by default).
+@transient_retries(1, [3], timeout_s=2 * 3600.0)
 def backup_database(pg: PostgresConnection, dest_dir: Path,
                     timeout_s: float = 1800.0) -> DatabaseBackup:
     """Dump the app database (pg_dump -Fc) into `dest_dir`, checksum it, restore it into a
@@ -180,7 +181,8 @@ def _remote_int(host: GpuHost, argv: list[str], column: int) -> int:
     return int(line.split()[column])
 
 
-@transient_retries(1, [3])
+# Above its own tar budget (timeout_s, 1 h by default).
+@transient_retries(1, [3], timeout_s=2 * 3600.0)
 def archive_models(host: GpuHost, models_dir: str, dest: str, archive_name: str | None = None,
                    required_factor: float = 1.1, timeout_s: float = 3600.0) -> ModelArchive:
     """Archive `models_dir` on `host` as `dest`/`archive_name` (default

@@ -137,6 +137,10 @@ def _k6_run(script: Path, phase: int | None, options: dict[str, Any] | None,
         "thresholds", {}))
 
 
+# No Prefect timeout: in the main thread it is a SIGALRM, whose exception the load test's
+# event loop would catch and log. The test is bounded by its own scenario durations, and a
+# transition's cancel watch stops it at the run's time limit (SIGTERM, which the loop hands
+# on: phasegate.loadtest.engine._run_loop).
 @task(retries=0, task_run_name="load-test-{target}")
 def run_load_test(target: str, phase: int | None = None, options: dict[str, Any] | None = None,
                   scale: float = 1.0, plan_path: str | None = None,

@@ -13,7 +13,7 @@ from prefect.blocks.notifications import NotificationBlock
 __all__ = ["describe_notifications", "send_notification"]
 
 
-@task
+@task(timeout_seconds=60)
 def send_notification(block_ref: str, subject: str, body: str) -> None:
     """Send `body` through the notification Block `block_ref` ("<block-type-slug>/<name>",
     e.g. "slack-webhook/phasegate-alerts"). Not retried: a repeated send is a duplicate

@@ -35,7 +35,7 @@ class Measurement:
         return self.error is None and self.value is not None and math.isfinite(self.value)
 
 
-@task
+@task(timeout_seconds=120)
 def query_instant(prom: PrometheusConnection, query: str) -> Measurement:
     """Evaluate `query` now; a vector must have exactly one sample (aggregate in PromQL)."""
     try:
@@ -53,7 +53,7 @@ def query_instant(prom: PrometheusConnection, query: str) -> Measurement:
 _MAX_POINTS = 10_000
 
 
-@task
+@task(timeout_seconds=120)
 def query_range(prom: PrometheusConnection, query: str, start: datetime, end: datetime,
                 step: timedelta) -> Measurement:
     """Evaluate `query` over [start, end] at `step`, in chunks Prometheus accepts; `points` are

@@ -23,7 +23,7 @@ __all__ = ["forecast_png", "png_data_uri"]
 _SHOWN_DAYS = 120  # forecast days drawn: far enough for the next thresholds, readable
 
 
-@task
+@task(timeout_seconds=300)
 def forecast_png(series: list[tuple[SeriesForecast, Mapping[date, float | None]]],
                  today: date) -> bytes:
     """One panel per series: history, forecast mean, interval, thresholds and ETAs."""

@@ -14,7 +14,13 @@ from prefect import Task, task
 
 from phasegate.errors import is_retryable
 
-__all__ = ["only_transient", "retried", "transient_retries"]
+__all__ = ["DEFAULT_TIMEOUT_S", "only_transient", "retried", "transient_retries"]
+
+# Every task has a deadline. The tasks bound their own waits (SSH commands, rollouts, health
+# polls: their timeout_s arguments); this is the backstop for a call that hangs where the
+# task's own deadline cannot see it. 10 minutes: above every default wait of a retried task
+# (a Cloud Run rollout waits 300 s), far below a transition's time limit.
+DEFAULT_TIMEOUT_S = 600.0
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -30,11 +36,13 @@ def only_transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-def transient_retries(retries: int = 2, delays_s: Sequence[float] = (1.0, 3.0)
+def transient_retries(retries: int = 2, delays_s: Sequence[float] = (1.0, 3.0),
+                      timeout_s: float = DEFAULT_TIMEOUT_S
                       ) -> Callable[[Callable[P, R]], Task[P, R]]:
-    """A `@task` decorator retrying TransientError only, `retries` times after `delays_s`."""
+    """A `@task` decorator retrying TransientError only, `retries` times after `delays_s`;
+    each attempt ends after `timeout_s` (Prefect's TimeoutError: a failure, not retried)."""
     return task(retries=retries, retry_delay_seconds=list(delays_s),
-                retry_condition_fn=only_transient)
+                retry_condition_fn=only_transient, timeout_seconds=timeout_s)
 
 
 retried = transient_retries()

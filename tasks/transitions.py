@@ -52,7 +52,7 @@ _OPEN = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PA
          StateType.CANCELLING]
 
 
-@task
+@task(timeout_seconds=120)
 def open_transition_runs() -> list[str]:
     """IDs of phase-transition flow runs that have not ended."""
     with get_client(sync_client=True) as client:
@@ -63,7 +63,7 @@ def open_transition_runs() -> list[str]:
     return [str(r.id) for r in runs]
 
 
-@task
+@task(timeout_seconds=120)
 def create_transition_run(to_phase: int, reason: str) -> str | None:
     """Start the phase-transition deployment for `to_phase` without waiting; its id, or None
     when no such deployment exists (reported by the caller, never silently skipped)."""
